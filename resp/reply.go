@@ -44,7 +44,7 @@ func (s *ReplyScanner) Scan(buf []byte) (int, error) {
 			}
 			return 0, nil
 		}
-		if nl < 1 || buf[s.pos+nl-1] != '\r' {
+		if nl < 2 || buf[s.pos+nl-1] != '\r' {
 			return 0, s.fail(buf, "line without CRLF")
 		}
 		typ := buf[s.pos]

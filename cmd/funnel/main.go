@@ -1,0 +1,166 @@
+// Command funnel is a Redis sidecar: it accepts any number of Redis clients
+// and sends their commands through a small fixed pool of upstream
+// connections, answering the handshake itself.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/funnel-proxy/funnel/metrics"
+	"github.com/funnel-proxy/funnel/pool"
+	"github.com/funnel-proxy/funnel/proxy"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Getenv); err != nil {
+		if errors.Is(err, errHelp) {
+			return
+		}
+		fmt.Fprintln(os.Stderr, "funnel:", err)
+		os.Exit(1)
+	}
+}
+
+// run starts funnel and serves until ctx ends, then shuts down gracefully.
+// It returns nil after a clean shutdown.
+func run(ctx context.Context, args []string, stdout io.Writer, getenv func(string) string) error {
+	cfg, err := parseConfig(args, stdout, getenv)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(stdout, cfg.logLevel, cfg.logFormat)
+	if err != nil {
+		return err
+	}
+	upstream, err := pool.ParseURL(cfg.upstream, pool.TLSOptions{CAFile: cfg.tlsCAFile, InsecureSkipVerify: cfg.tlsSkipVerify})
+	if err != nil {
+		return err
+	}
+	if cfg.tlsSkipVerify {
+		log.Warn("TLS CERTIFICATE VERIFICATION IS OFF (--tls-skip-verify): the upstream's identity is not checked; never use this in production")
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := metrics.New(reg)
+
+	p := pool.New(upstream, pool.Options{
+		Size: cfg.poolSize, Timeout: cfg.upstreamTimeout, DialTimeout: cfg.dialTimeout,
+		Logger: log, Metrics: m,
+	})
+	srv := proxy.New(p, proxy.Options{
+		MaxClients: cfg.maxClients, RequirePass: cfg.requirePass, Deny: cfg.deny,
+		Limits:            cfg.limits(),
+		ClientOutputLimit: cfg.clientOutputLimit, ClientWriteTimeout: cfg.clientWriteTimeout,
+		InfoTTL: cfg.infoTTL, Logger: log, Metrics: m,
+	})
+
+	ln, err := listen(cfg.listen)
+	if err != nil {
+		p.Close(context.Background())
+		return err
+	}
+	var admin *http.Server
+	if cfg.metricsListen != "" {
+		admin, err = startAdmin(cfg.metricsListen, reg, p, log)
+		if err != nil {
+			ln.Close()
+			p.Close(context.Background())
+			return err
+		}
+	}
+	log.Info("funnel listening", "listen", ln.Addr().String(), "upstream", upstream.String(),
+		"pool_size", cfg.poolSize, "metrics", cfg.metricsListen)
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "timeout", cfg.shutdownTimeout)
+	case err = <-serveErr:
+		log.Error("serve", "err", err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
+	defer cancel()
+	if serr := srv.Shutdown(sctx); serr != nil {
+		log.Warn("shutdown deadline passed; clients closed with requests in flight", "err", serr)
+	}
+	p.Close(sctx)
+	if admin != nil {
+		_ = admin.Shutdown(sctx)
+	}
+	if strings.HasPrefix(ln.Addr().Network(), "unix") {
+		_ = os.Remove(cfg.listen)
+	}
+	log.Info("stopped")
+	return err
+}
+
+// listen opens a TCP address, or a unix socket when the address is a path.
+func listen(addr string) (net.Listener, error) {
+	if strings.Contains(addr, "/") {
+		_ = os.Remove(addr) // a stale socket from an earlier run
+		return net.Listen("unix", addr)
+	}
+	return net.Listen("tcp", addr)
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format must be text or json, not %q", format)
+}
+
+// startAdmin serves /metrics, /healthz (the process is up) and /readyz (the
+// upstream can be reached).
+func startAdmin(addr string, reg *prometheus.Registry, p *pool.Pool, log *slog.Logger) (*http.Server, error) {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+		defer cancel()
+		if err := p.Ready(ctx); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-listen: %w", err)
+	}
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server", "err", err)
+		}
+	}()
+	return hs, nil
+}

@@ -1,0 +1,67 @@
+// Package metrics holds funnel's Prometheus collectors, all registered on
+// one registry that cmd/funnel makes and passes down.
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the collectors every part of funnel reports to. All names
+// start with funnel_.
+type Metrics struct {
+	ClientCommands    *prometheus.CounterVec // by command: what clients asked for
+	UpstreamCommands  *prometheus.CounterVec // by command: what was sent upstream (the bill)
+	LocalReplies      *prometheus.CounterVec // by command: answered by funnel itself
+	ClientConnections prometheus.Gauge
+	ClientsAccepted   prometheus.Counter
+	ClientsClosed     *prometheus.CounterVec // by reason
+	UpstreamConns     *prometheus.GaugeVec   // by lane
+	UpstreamDials     *prometheus.CounterVec // by result: ok, error
+	InFlight          prometheus.Gauge       // requests sent upstream, reply not yet back
+	Errors            *prometheus.CounterVec // by kind
+	Latency           *prometheus.HistogramVec
+}
+
+// New makes the collectors and registers them on reg.
+func New(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		ClientCommands: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "funnel_client_commands_total", Help: "Commands received from clients, by command.",
+		}, []string{"command"}),
+		UpstreamCommands: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "funnel_upstream_commands_total", Help: "Commands sent to the upstream, by command. This is what a per-command bill counts.",
+		}, []string{"command"}),
+		LocalReplies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "funnel_local_replies_total", Help: "Commands answered by funnel without the upstream, by command.",
+		}, []string{"command"}),
+		ClientConnections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "funnel_client_connections", Help: "Client connections open now.",
+		}),
+		ClientsAccepted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "funnel_client_connections_accepted_total", Help: "Client connections accepted.",
+		}),
+		ClientsClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "funnel_client_connections_closed_total", Help: "Client connections closed, by reason.",
+		}, []string{"reason"}),
+		UpstreamConns: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "funnel_upstream_connections", Help: "Upstream connections open now, by lane.",
+		}, []string{"lane"}),
+		UpstreamDials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "funnel_upstream_dials_total", Help: "Upstream connection attempts, by result.",
+		}, []string{"result"}),
+		InFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "funnel_inflight_requests", Help: "Requests sent upstream whose reply has not arrived.",
+		}),
+		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "funnel_errors_total", Help: "Errors funnel answered or met, by kind.",
+		}, []string{"kind"}),
+		Latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "funnel_request_duration_seconds",
+			Help:    "Time from reading a command to having its reply, by route.",
+			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10},
+		}, []string{"route"}),
+	}
+	reg.MustRegister(m.ClientCommands, m.UpstreamCommands, m.LocalReplies, m.ClientConnections,
+		m.ClientsAccepted, m.ClientsClosed, m.UpstreamConns, m.UpstreamDials, m.InFlight, m.Errors, m.Latency)
+	return m
+}

@@ -1,0 +1,429 @@
+package pool
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/funnel-proxy/funnel/resp"
+)
+
+// Connection states, kept in Conn.state.
+const (
+	stateIdle    int32 = iota // not connected; the next request dials
+	stateDialing              // a dial is under way
+	stateUp                   // connected and serving
+	stateDown                 // the last dial failed; requests fail fast until retryAt
+)
+
+const (
+	minBackoff = 50 * time.Millisecond
+	// maxBackoff is short so that funnel serves again within about a second of
+	// the upstream's return. Redials happen only when a request needs the
+	// connection, so a dead upstream is not hammered while nobody asks.
+	maxBackoff = 500 * time.Millisecond
+
+	writeBuf   = 32 << 10
+	readBuf    = 16 << 10
+	maxIdleBuf = 1 << 20 // a read buffer that grew past this is dropped when empty
+)
+
+// Conn is one long-lived upstream connection slot. Requests submitted to it
+// are written in order and auto-pipelined: its writer collects whatever is
+// queued, writes it in one go and flushes when the queue is empty. Its
+// reader matches replies to requests in FIFO order. When the connection
+// breaks, every request on it fails with the same sticky error and the slot
+// redials lazily, when the next request comes.
+type Conn struct {
+	pool *Pool
+	lane string
+
+	// queue holds submitted requests not yet written. It is bounded; Submit
+	// waits (with its context) while it is full, which pushes back on clients.
+	queue chan *Request
+	// load counts requests submitted and not yet completed.
+	load atomic.Int64
+	// state is one of the state constants.
+	state atomic.Int32
+
+	// Guarded by mu (never held across I/O).
+	mu       sync.Mutex
+	lastErr  error
+	retryAt  time.Time
+	failures int
+	// outstanding counts written requests whose replies are not all read; it
+	// decides the read deadline (see armDeadline).
+	outstanding int
+	deadlineAt  time.Time
+	nc          net.Conn
+}
+
+func newConn(p *Pool, lane string, queueLen int) *Conn {
+	return &Conn{pool: p, lane: lane, queue: make(chan *Request, queueLen)}
+}
+
+// Load returns the number of requests submitted to c and not yet completed.
+func (c *Conn) Load() int64 { return c.load.Load() }
+
+// Up reports whether c has a working connection now.
+func (c *Conn) Up() bool { return c.state.Load() == stateUp }
+
+// usable reports whether a request sent now would be tried (not failed fast
+// by a redial backoff).
+func (c *Conn) usable() bool {
+	if c.state.Load() != stateDown {
+		return true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !time.Now().Before(c.retryAt)
+}
+
+// Submit queues r on c. It returns at once unless the queue is full, and
+// then waits until there is room, ctx ends or the pool closes; in those two
+// cases r is completed with an error. Either way r.Done hears exactly once.
+func (c *Conn) Submit(ctx context.Context, r *Request) {
+	c.load.Add(1)
+	select {
+	case c.queue <- r:
+		return
+	default:
+	}
+	select {
+	case c.queue <- r:
+	case <-ctx.Done():
+		c.complete(r, nil, &Error{Kind: "closed", Err: ctx.Err()})
+	case <-c.pool.closing:
+		c.complete(r, nil, &Error{Kind: "closed", Err: ErrClosed})
+	}
+}
+
+func (c *Conn) complete(r *Request, reply []byte, err error) {
+	c.load.Add(-1)
+	if err != nil {
+		var pe *Error
+		kind := "other"
+		if errors.As(err, &pe) {
+			kind = pe.Kind
+		}
+		c.pool.metrics.Errors.WithLabelValues("upstream_" + kind).Inc()
+	}
+	r.Done.Complete(reply, err)
+}
+
+// run owns the slot: it waits for work, dials, serves until the connection
+// breaks, and starts over. It ends when the pool closes.
+func (c *Conn) run() {
+	defer c.pool.wg.Done()
+	for {
+		var first *Request
+		select {
+		case first = <-c.queue:
+		case <-c.pool.closing:
+			c.failQueued(&Error{Kind: "closed", Err: ErrClosed})
+			return
+		}
+		if err := c.downErr(); err != nil {
+			c.complete(first, nil, err)
+			continue
+		}
+		c.state.Store(stateDialing)
+		nc, err := c.pool.upstream.dial(c.pool.ctx, c.pool.opts.DialTimeout)
+		if err != nil {
+			c.pool.metrics.UpstreamDials.WithLabelValues("error").Inc()
+			uerr := &Error{Kind: "unavailable", Err: err}
+			c.setDown(uerr)
+			c.pool.log.Warn("upstream dial failed", "lane", c.lane, "upstream", c.pool.upstream.String(), "err", err)
+			c.complete(first, nil, uerr)
+			c.failQueued(uerr)
+			continue
+		}
+		c.pool.metrics.UpstreamDials.WithLabelValues("ok").Inc()
+		c.serve(nc, first)
+	}
+}
+
+// downErr returns the sticky dial error while the slot is backing off.
+func (c *Conn) downErr() error {
+	if c.state.Load() != stateDown {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if time.Now().Before(c.retryAt) {
+		return c.lastErr
+	}
+	return nil
+}
+
+// setDown records a failed dial and when to try again: capped exponential
+// backoff with jitter, so many slots do not redial in step.
+func (c *Conn) setDown(err error) {
+	c.mu.Lock()
+	c.failures++
+	d := minBackoff << min(c.failures-1, 10)
+	d = min(d, maxBackoff)
+	d = d/2 + rand.N(d/2+1)
+	c.lastErr = err
+	c.retryAt = time.Now().Add(d)
+	c.mu.Unlock()
+	c.state.Store(stateDown)
+}
+
+// failQueued fails whatever is queued now, without waiting for more.
+func (c *Conn) failQueued(err error) {
+	for {
+		select {
+		case r := <-c.queue:
+			c.complete(r, nil, err)
+		default:
+			return
+		}
+	}
+}
+
+// serve runs one live connection: this goroutine writes, a second one reads.
+// It returns once the connection is closed and every request written on it
+// has been answered or failed.
+func (c *Conn) serve(nc net.Conn, first *Request) {
+	c.mu.Lock()
+	c.failures, c.outstanding, c.nc = 0, 0, nc
+	c.deadlineAt = time.Time{}
+	c.mu.Unlock()
+	c.state.Store(stateUp)
+	gauge := c.pool.metrics.UpstreamConns.WithLabelValues(c.lane)
+	gauge.Inc()
+	defer gauge.Dec()
+
+	inflight := make(chan *Request, c.pool.opts.MaxInFlight)
+	broken := make(chan struct{})
+	var once sync.Once
+	var cause error
+	breakConn := func(err error) {
+		once.Do(func() {
+			cause = err
+			close(broken)
+			nc.Close()
+		})
+	}
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		breakConn(c.readLoop(nc, inflight))
+	}()
+	if err := c.writeLoop(nc, first, inflight, broken); err != nil {
+		breakConn(err)
+	}
+	<-readerDone
+	c.state.Store(stateIdle)
+	c.mu.Lock()
+	c.nc = nil
+	c.mu.Unlock()
+
+	failure := asPoolError(cause)
+	lost := 0
+	for {
+		select {
+		case r := <-inflight:
+			lost++
+			c.complete(r, nil, failure)
+			continue
+		default:
+		}
+		break
+	}
+	// Requests still queued were never written; they fail too, rather than
+	// move to another connection, so that a client's later commands cannot
+	// overtake its earlier ones.
+	c.failQueued(failure)
+	if lost > 0 || !errors.Is(cause, errIdleClosed) {
+		c.pool.log.Warn("upstream connection closed", "lane", c.lane, "err", cause, "failed_requests", lost)
+	}
+}
+
+// asPoolError gives a connection's failure the form clients see.
+func asPoolError(err error) error {
+	var pe *Error
+	if errors.As(err, &pe) {
+		return err
+	}
+	return &Error{Kind: "lost", Err: err}
+}
+
+// errIdleClosed means the upstream closed a connection that had nothing in
+// flight; hosted Redis services do this to idle clients. It is not a failure.
+var errIdleClosed = errors.New("closed by upstream while idle")
+
+// writeLoop writes requests as they come and flushes whenever the queue runs
+// dry, which pipelines the commands of all clients that share c.
+func (c *Conn) writeLoop(nc net.Conn, first *Request, inflight chan<- *Request, broken <-chan struct{}) error {
+	bw := bufio.NewWriterSize(nc, writeBuf)
+	next := first
+	for {
+		if next == nil {
+			select {
+			case next = <-c.queue:
+			case <-broken:
+				return nil
+			case <-c.pool.closing:
+				// Let what was written finish: the reader ends once it has
+				// every reply, or the shutdown deadline closes the socket.
+				c.drainOnClose()
+				return nil
+			}
+		}
+		for next != nil {
+			select {
+			case inflight <- next:
+			case <-broken:
+				c.complete(next, nil, &Error{Kind: "lost", Err: errors.New("connection broke before the command was sent")})
+				return nil
+			}
+			c.armDeadline(next.Timeout)
+			if _, err := bw.Write(next.Raw); err != nil {
+				return err
+			}
+			select {
+			case next = <-c.queue:
+			default:
+				next = nil
+			}
+		}
+		_ = nc.SetWriteDeadline(time.Now().Add(c.pool.opts.Timeout))
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+	}
+}
+
+// drainOnClose waits, after the pool began closing, until every written
+// request has its reply, then closes the connection so the reader ends.
+func (c *Conn) drainOnClose() {
+	for {
+		c.mu.Lock()
+		n := c.outstanding
+		nc := c.nc
+		c.mu.Unlock()
+		if n == 0 {
+			nc.Close()
+			return
+		}
+		select {
+		case <-c.pool.shutdownExpired:
+			nc.Close()
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// armDeadline is called before a request is written. A connection going
+// from idle to busy gets a read deadline; the reader extends it as replies
+// arrive. So a stalled upstream fails the connection after the timeout even
+// while new requests keep coming, and an idle connection has no deadline.
+func (c *Conn) armDeadline(timeout time.Duration) {
+	timeout = max(timeout, c.pool.opts.Timeout)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.outstanding == 0 || timeout > c.pool.opts.Timeout {
+		c.setReadDeadline(time.Now().Add(timeout))
+	}
+	c.outstanding++
+}
+
+// replied is called by the reader after a request's last reply.
+func (c *Conn) replied() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.outstanding--
+	if c.outstanding == 0 {
+		c.setReadDeadline(time.Time{})
+		return
+	}
+	// Move the deadline only when half of it is used up: SetReadDeadline
+	// costs a timer update, and replies can come by the hundred thousand.
+	now := time.Now()
+	if c.deadlineAt.Sub(now) < c.pool.opts.Timeout/2 {
+		c.setReadDeadline(now.Add(c.pool.opts.Timeout))
+	}
+}
+
+// setReadDeadline must be called with mu held.
+func (c *Conn) setReadDeadline(t time.Time) {
+	if t.After(c.deadlineAt) || t.IsZero() {
+		c.deadlineAt = t
+		_ = c.nc.SetReadDeadline(t)
+	}
+}
+
+// readLoop reads replies and hands each to the oldest written request. It
+// returns the error that ended the connection.
+func (c *Conn) readLoop(nc net.Conn, inflight <-chan *Request) (err error) {
+	buf := make([]byte, readBuf)
+	start, end := 0, 0
+	var scan resp.ReplyScanner
+	var head *Request
+	got := 0
+	defer func() {
+		if head != nil { // its reply was cut off
+			c.complete(head, nil, asPoolError(err))
+		}
+	}()
+	for {
+		n, serr := scan.Scan(buf[start:end])
+		if err = serr; err != nil {
+			return &Error{Kind: "protocol", Err: err}
+		}
+		if n > 0 {
+			if head == nil {
+				select {
+				case head = <-inflight:
+				default:
+					return &Error{Kind: "protocol", Err: fmt.Errorf("reply with no request: %q", resp.Quote(buf[start:start+n], 64))}
+				}
+				got = 0
+			}
+			got++
+			if got == head.replies() {
+				c.complete(head, buf[start:start+n], nil)
+				head = nil
+				c.replied()
+			}
+			start += n
+			continue
+		}
+		// Need more bytes: make room, then read.
+		if start == end {
+			start, end = 0, 0
+			if len(buf) > maxIdleBuf {
+				buf = make([]byte, readBuf)
+			}
+		} else if start > 0 {
+			end = copy(buf, buf[start:end])
+			start = 0
+		}
+		if end == len(buf) {
+			grown := make([]byte, 2*len(buf))
+			copy(grown, buf[:end])
+			buf = grown
+		}
+		m, rerr := nc.Read(buf[end:])
+		end += m
+		if err = rerr; err != nil {
+			var ne net.Error
+			switch {
+			case errors.As(err, &ne) && ne.Timeout():
+				return &Error{Kind: "timeout", Err: fmt.Errorf("no reply within %v", c.pool.opts.Timeout)}
+			case head == nil && len(inflight) == 0 && end == start:
+				return fmt.Errorf("%w: %v", errIdleClosed, err)
+			}
+			return err
+		}
+	}
+}

@@ -1,0 +1,190 @@
+// Package pool keeps funnel's small fixed set of long-lived upstream
+// connections and pipelines every client's requests through them.
+package pool
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/funnel-proxy/funnel/metrics"
+)
+
+// Options configure a Pool.
+type Options struct {
+	Size        int           // shared connections (default 10)
+	Timeout     time.Duration // longest wait for a reply before the connection is failed (default 30s)
+	DialTimeout time.Duration // connect, TLS and login (default 5s)
+	QueueLen    int           // requests waiting to be written per connection (default 1024)
+	MaxInFlight int           // requests written and awaiting replies per connection (default 4096)
+	Logger      *slog.Logger
+	Metrics     *metrics.Metrics
+}
+
+func (o *Options) setDefaults() {
+	if o.Size <= 0 {
+		o.Size = 10
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 30 * time.Second
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = 5 * time.Second
+	}
+	if o.QueueLen <= 0 {
+		o.QueueLen = 1024
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 4096
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Pool is a fixed set of upstream connection slots, dialed lazily.
+type Pool struct {
+	upstream Upstream
+	opts     Options
+	log      *slog.Logger
+	metrics  *metrics.Metrics
+	conns    []*Conn
+
+	ctx             context.Context // cancelled on Close: stops dials
+	cancel          context.CancelFunc
+	closing         chan struct{} // closed when Close begins
+	shutdownExpired chan struct{} // closed when Close gives up waiting for replies
+	closeOnce       sync.Once
+	submitMu        sync.RWMutex // held for reading while a request is queued
+	closed          bool         // guarded by submitMu
+	wg              sync.WaitGroup
+}
+
+// New returns a pool for upstream. No connection is made until a request
+// needs one.
+func New(upstream Upstream, opts Options) *Pool {
+	opts.setDefaults()
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Pool{
+		upstream: upstream, opts: opts, log: opts.Logger, metrics: opts.Metrics,
+		ctx: ctx, cancel: cancel,
+		closing: make(chan struct{}), shutdownExpired: make(chan struct{}),
+	}
+	for range opts.Size {
+		c := newConn(p, "shared", opts.QueueLen)
+		p.conns = append(p.conns, c)
+		p.wg.Add(1)
+		go c.run()
+	}
+	return p
+}
+
+// Upstream returns where the pool connects.
+func (p *Pool) Upstream() Upstream { return p.upstream }
+
+// Pick chooses a connection for a client with nothing in flight: an idle
+// live one if there is one (which keeps load on few connections and so
+// pipelines best), else a fresh slot while the pool is still growing, else
+// the least loaded live one.
+func (p *Pool) Pick() *Conn {
+	var least, fresh, fallback *Conn
+	for _, c := range p.conns {
+		switch c.state.Load() {
+		case stateUp:
+			if c.Load() == 0 {
+				return c
+			}
+			if least == nil || c.Load() < least.Load() {
+				least = c
+			}
+		case stateIdle:
+			if fresh == nil {
+				fresh = c
+			}
+		case stateDown:
+			if fresh == nil && c.usable() {
+				fresh = c
+			}
+		}
+		if fallback == nil || c.Load() < fallback.Load() {
+			fallback = c
+		}
+	}
+	switch {
+	case fresh != nil:
+		return fresh
+	case least != nil:
+		return least
+	default:
+		return fallback // dialing, or every slot backing off: it answers fast
+	}
+}
+
+// Submit queues r on c, or fails it at once when the pool is closed. See
+// Conn.Submit.
+func (p *Pool) Submit(ctx context.Context, c *Conn, r *Request) {
+	p.submitMu.RLock()
+	defer p.submitMu.RUnlock()
+	if p.closed {
+		r.Done.Complete(nil, &Error{Kind: "closed", Err: ErrClosed})
+		return
+	}
+	c.Submit(ctx, r)
+}
+
+// Ready reports whether the upstream can be reached: a connection is up, or
+// a new one connects (TCP and TLS, without a billed login) within ctx.
+func (p *Pool) Ready(ctx context.Context) error {
+	for _, c := range p.conns {
+		if c.Up() {
+			return nil
+		}
+	}
+	nc, err := p.upstream.connect(ctx, p.opts.DialTimeout, false)
+	if err != nil {
+		return &Error{Kind: "unavailable", Err: err}
+	}
+	return nc.Close()
+}
+
+// Close stops the pool. Requests already written get their replies until
+// ctx ends; then every connection is closed and what is left fails. Close
+// is idempotent.
+func (p *Pool) Close(ctx context.Context) {
+	p.closeOnce.Do(func() {
+		close(p.closing)
+		p.submitMu.Lock()
+		p.closed = true
+		p.submitMu.Unlock()
+		done := make(chan struct{})
+		go func() { p.wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			close(p.shutdownExpired)
+			p.cancel()
+			<-done
+		}
+		p.cancel()
+		// No Submit can queue after closed was set; fail what slipped in
+		// before the slots stopped.
+		for _, c := range p.conns {
+			c.failQueued(&Error{Kind: "closed", Err: ErrClosed})
+		}
+	})
+}
+
+// Size returns the number of shared connection slots.
+func (p *Pool) Size() int { return len(p.conns) }
+
+// UpCount returns how many shared connections are up now.
+func (p *Pool) UpCount() int {
+	n := 0
+	for _, c := range p.conns {
+		if c.Up() {
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,63 @@
+package pool
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ErrClosed is returned for requests made after the pool was closed.
+var ErrClosed = errors.New("pool: closed")
+
+// Error is a failure funnel reports to a client in place of a reply. Its
+// text starts with "funnel:" and says what happened; Kind names it for
+// metrics.
+type Error struct {
+	Kind string // "unavailable", "lost", "timeout", "protocol", "closed"
+	Err  error
+}
+
+func (e *Error) Error() string {
+	switch e.Kind {
+	case "unavailable":
+		return fmt.Sprintf("funnel: upstream unavailable (%v)", e.Err)
+	case "lost":
+		return fmt.Sprintf("funnel: upstream connection lost (%v); the command may or may not have run", e.Err)
+	case "timeout":
+		return fmt.Sprintf("funnel: upstream timeout (%v); the command may or may not have run", e.Err)
+	case "protocol":
+		return fmt.Sprintf("funnel: upstream protocol error (%v)", e.Err)
+	default:
+		return fmt.Sprintf("funnel: proxy shutting down (%v)", e.Err)
+	}
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Completer receives the outcome of a request, exactly once, from a pool
+// goroutine. The reply slice is only valid during the call: copy what you
+// keep. Complete must not block.
+type Completer interface {
+	Complete(reply []byte, err error)
+}
+
+// Request is work for one upstream connection.
+type Request struct {
+	// Raw holds one or more RESP commands, written as they are.
+	Raw []byte
+	// Replies is how many replies Raw produces (0 means 1). Only the last
+	// reply is delivered; a MULTI ... EXEC batch wants EXEC's.
+	Replies int
+	// Timeout, when longer than the pool's reply timeout, is how long this
+	// request's reply may take (a blocking command's own timeout plus a margin).
+	Timeout time.Duration
+	// Done is told the outcome.
+	Done Completer
+}
+
+func (r *Request) replies() int {
+	if r.Replies < 1 {
+		return 1
+	}
+	return r.Replies
+}

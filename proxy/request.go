@@ -1,0 +1,85 @@
+package proxy
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/funnel-proxy/funnel/pool"
+)
+
+// request is one client command on its way through funnel. The session's
+// reader makes it and queues it in arrival order; whoever answers it (a
+// local handler, an upstream connection, a fetch) calls Complete; the
+// session's writer sends the replies to the client in queue order.
+type request struct {
+	pool.Request
+	s     *session
+	name  string // canonical command name, for metrics
+	route string // "local", "upstream", "refused" ...
+	start time.Time
+
+	reply []byte
+	err   error
+	done  atomic.Bool
+	// upstream marks a request that counts in its session's in-flight total
+	// until it completes (the stickiness rule).
+	upstream bool
+	// closeAfter closes the client once this reply is written (QUIT, a
+	// protocol error, max clients).
+	closeAfter  bool
+	closeReason string
+
+	rawBuf []byte // reusable storage for Raw
+}
+
+var requestPool = sync.Pool{New: func() any { return new(request) }}
+
+// maxKeptBuf is the largest buffer a recycled request keeps.
+const maxKeptBuf = 64 << 10
+
+func newRequest(s *session, raw []byte) *request {
+	r := requestPool.Get().(*request)
+	r.s = s
+	r.start = time.Now()
+	r.rawBuf = append(r.rawBuf[:0], raw...)
+	r.Raw = r.rawBuf
+	r.Done = r
+	return r
+}
+
+// release recycles r. Only the writer calls it, after r's reply was sent,
+// when nothing else can still hold r.
+func (r *request) release() {
+	reply, raw := r.reply[:0], r.rawBuf[:0]
+	if cap(reply) > maxKeptBuf {
+		reply = nil
+	}
+	if cap(raw) > maxKeptBuf {
+		raw = nil
+	}
+	*r = request{reply: reply, rawBuf: raw}
+	requestPool.Put(r)
+}
+
+// Complete implements pool.Completer: it keeps a copy of the reply, or the
+// error, and wakes the session's writer.
+func (r *request) Complete(reply []byte, err error) {
+	s := r.s
+	if err != nil {
+		r.err = err
+	} else {
+		if s.pendingOut.Add(int64(len(reply))) > s.srv.opts.ClientOutputLimit {
+			// The client is not reading its replies fast enough: cut it off
+			// instead of letting its backlog grow without bound.
+			s.kill("output_limit")
+		}
+		r.reply = append(r.reply[:0], reply...)
+	}
+	if r.upstream {
+		s.upInFlight.Add(-1)
+		s.srv.metrics.InFlight.Dec()
+	}
+	r.done.Store(true)
+	s.wakeWriter()
+}

@@ -1,0 +1,272 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/funnel-proxy/funnel/pool"
+	"github.com/funnel-proxy/funnel/resp"
+	"github.com/tidwall/redcon"
+)
+
+// session is one client connection. Its reader parses commands and routes
+// each one; its writer sends the replies back in the order the commands
+// came, whatever order they were answered in.
+type session struct {
+	srv  *Server
+	conn net.Conn
+	id   int64
+	born time.Time
+
+	// queue carries requests from reader to writer in arrival order. It is
+	// bounded (Options.MaxPipeline); a reader that fills it waits, so a
+	// client that pipelines without reading is slowed, not buffered forever.
+	queue chan *request
+	// wake is signalled when a request completes; see writeLoop.
+	wake chan struct{}
+	// dead is closed when the session must end at once.
+	dead       chan struct{}
+	killOnce   sync.Once
+	killReason atomic.Value // string
+
+	// pendingOut counts reply bytes held for this client and not yet
+	// written; over Options.ClientOutputLimit the client is closed.
+	pendingOut atomic.Int64
+	// upInFlight counts this client's requests sent upstream and not yet
+	// answered. While it is above zero, new requests go to sticky, the
+	// connection they are on, so Redis runs them in the client's order.
+	upInFlight atomic.Int64
+	sticky     *pool.Conn
+
+	// Client state, owned by the reader goroutine; info guards what
+	// CLIENT LIST reads from other sessions.
+	info     clientInfo
+	authed   bool
+	reader   *resp.RequestReader
+	scratch  []byte
+	draining atomic.Bool // set by Shutdown: stop reading new commands
+}
+
+func newSession(srv *Server, conn net.Conn, id int64) *session {
+	s := &session{
+		srv: srv, conn: conn, id: id, born: time.Now(),
+		queue: make(chan *request, srv.opts.MaxPipeline),
+		wake:  make(chan struct{}, 1),
+		dead:  make(chan struct{}),
+	}
+	s.authed = srv.opts.RequirePass == ""
+	s.info.init(conn, id)
+	s.reader = resp.NewRequestReader(conn, s.limits())
+	return s
+}
+
+// limits returns the request limits for the client's state. Before a client
+// authenticates it may send only small requests, as Redis does, so an
+// unauthenticated peer cannot make funnel buffer much.
+func (s *session) limits() resp.Limits {
+	l := s.srv.opts.Limits
+	if !s.authed {
+		l.MaxArgs = min(l.MaxArgs, 10)
+		l.MaxBulk = min(l.MaxBulk, 16<<10)
+	}
+	return l
+}
+
+func (s *session) wakeWriter() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// kill ends the session at once for reason: it closes the socket, which
+// unblocks both loops. Only the first reason counts.
+func (s *session) kill(reason string) {
+	s.killOnce.Do(func() {
+		s.killReason.Store(reason)
+		close(s.dead)
+		_ = s.conn.Close()
+	})
+}
+
+// serve runs the session until the client goes away, then cleans up.
+func (s *session) serve() {
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		s.writeLoop()
+	}()
+	s.readLoop()
+	close(s.queue)
+	<-writerDone
+	s.kill("client_closed")
+	s.srv.metrics.ClientsClosed.WithLabelValues(s.killReason.Load().(string)).Inc()
+}
+
+// readLoop reads commands until the client closes, errs, sends QUIT, or the
+// session is killed or drained for shutdown.
+func (s *session) readLoop() {
+	for !s.draining.Load() {
+		cmd, err := s.reader.Read()
+		if err != nil {
+			var pe *resp.ProtocolError
+			if errors.As(err, &pe) {
+				s.srv.metrics.Errors.WithLabelValues("client_protocol").Inc()
+				r := newRequest(s, nil)
+				r.name, r.route = "", "refused"
+				r.closeAfter, r.closeReason = true, "protocol_error"
+				r.Complete(redcon.AppendError(nil, "ERR "+pe.Error()), nil)
+				s.enqueue(r)
+			} else if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				s.srv.log.Debug("client read", "id", s.id, "err", err)
+			}
+			return
+		}
+		r := s.route(cmd)
+		if !s.enqueue(r) || r.closeAfter {
+			return
+		}
+	}
+}
+
+// enqueue hands r to the writer, waiting while the queue is full. It
+// reports false when the session died meanwhile.
+func (s *session) enqueue(r *request) bool {
+	select {
+	case s.queue <- r:
+		return true
+	default:
+	}
+	select {
+	case s.queue <- r:
+		return true
+	case <-s.dead:
+		return false
+	}
+}
+
+// writeLoop sends replies in request order. It flushes only when the next
+// reply is not ready yet, so a pipelined burst goes back in few writes.
+func (s *session) writeLoop() {
+	bw := bufio.NewWriterSize(s.conn, 16<<10)
+	flush := func() bool {
+		if bw.Buffered() == 0 {
+			return true
+		}
+		_ = s.conn.SetWriteDeadline(time.Now().Add(s.srv.opts.ClientWriteTimeout))
+		if err := bw.Flush(); err != nil {
+			s.writeFailed(err)
+			return false
+		}
+		return true
+	}
+	for {
+		var r *request
+		var ok bool
+		select {
+		case r, ok = <-s.queue:
+		default:
+			if !flush() {
+				return
+			}
+			select {
+			case r, ok = <-s.queue:
+			case <-s.dead:
+				return
+			}
+		}
+		if !ok {
+			flush()
+			return
+		}
+		// Requests on one upstream connection complete in order, so the
+		// head is usually the next to finish; a wake-up for a later one
+		// just makes the loop check the head again.
+		for !r.done.Load() {
+			if !flush() {
+				return
+			}
+			select {
+			case <-s.wake:
+			case <-s.dead:
+				return
+			}
+		}
+		if !s.writeReply(bw, r) {
+			return
+		}
+		if r.closeAfter {
+			flush()
+			s.kill(r.closeReason)
+			return
+		}
+		r.release()
+	}
+}
+
+// writeReply writes r's reply (or its error) and records its metrics.
+func (s *session) writeReply(bw *bufio.Writer, r *request) bool {
+	s.srv.metrics.Latency.WithLabelValues(r.route).Observe(time.Since(r.start).Seconds())
+	out := r.reply
+	if r.err != nil {
+		s.scratch = redcon.AppendError(s.scratch[:0], "ERR "+r.err.Error())
+		out = s.scratch
+	}
+	_ = s.conn.SetWriteDeadline(time.Now().Add(s.srv.opts.ClientWriteTimeout))
+	if _, err := bw.Write(out); err != nil {
+		s.writeFailed(err)
+		return false
+	}
+	s.pendingOut.Add(-int64(len(r.reply)))
+	return true
+}
+
+func (s *session) writeFailed(err error) {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		s.kill("write_timeout")
+		return
+	}
+	s.kill("write_error")
+}
+
+// forward sends r upstream on the connection the ordering rule allows.
+func (s *session) forward(r *request) {
+	r.upstream = true
+	r.route = "upstream"
+	s.srv.metrics.UpstreamCommands.WithLabelValues(r.name).Inc()
+	s.srv.stats.upstreamCommands.Add(1)
+	s.srv.metrics.InFlight.Inc()
+	// Decide the connection before counting r: with nothing of ours in
+	// flight any connection will do, since Redis has already answered
+	// everything we sent before.
+	if s.upInFlight.Add(1) == 1 || s.sticky == nil {
+		s.sticky = s.srv.pool.Pick()
+	}
+	s.srv.pool.Submit(s.ctx(), s.sticky, &r.Request)
+}
+
+// ctx returns a context that ends when the session dies.
+func (s *session) ctx() context.Context { return sessionContext{s} }
+
+// sessionContext adapts the session's dead channel to context.Context
+// without a goroutine or an allocation per call.
+type sessionContext struct{ s *session }
+
+func (c sessionContext) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (c sessionContext) Done() <-chan struct{}       { return c.s.dead }
+func (c sessionContext) Value(any) any               { return nil }
+func (c sessionContext) Err() error {
+	select {
+	case <-c.s.dead:
+		return context.Canceled
+	default:
+		return nil
+	}
+}

@@ -1,0 +1,221 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/funnel-proxy/funnel/pool"
+	"github.com/tidwall/redcon"
+	"golang.org/x/sync/singleflight"
+)
+
+// replyCache keeps upstream replies to server-wide questions (INFO, COMMAND)
+// that every new client asks, so they are fetched once per TTL rather than
+// once per connection. Concurrent misses share one fetch.
+type replyCache struct {
+	mu      sync.Mutex
+	entries map[string]cachedReply
+	group   singleflight.Group
+}
+
+type cachedReply struct {
+	reply []byte
+	at    time.Time
+}
+
+// maxReplyCacheEntries bounds the cache; distinct INFO section lists and
+// COMMAND INFO arguments are few in practice.
+const maxReplyCacheEntries = 256
+
+// get returns the reply to raw, from the cache when it is younger than ttl
+// (0: kept for good), else from the upstream. Error replies are not kept.
+func (c *replyCache) get(srv *Server, key string, raw []byte, ttl time.Duration) ([]byte, error) {
+	c.mu.Lock()
+	e, ok := c.entries[key]
+	c.mu.Unlock()
+	if ok && (ttl == 0 || time.Since(e.at) < ttl) {
+		return e.reply, nil
+	}
+	v, err, _ := c.group.Do(key, func() (any, error) {
+		reply, err := srv.fetch(raw)
+		if err != nil || len(reply) == 0 || reply[0] == '-' {
+			return reply, err
+		}
+		c.mu.Lock()
+		if c.entries == nil {
+			c.entries = map[string]cachedReply{}
+		}
+		if _, had := c.entries[key]; had || len(c.entries) < maxReplyCacheEntries {
+			c.entries[key] = cachedReply{reply: reply, at: time.Now()}
+		}
+		c.mu.Unlock()
+		return reply, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.([]byte), nil
+}
+
+// fetchReply receives one upstream reply for a fetch made by funnel itself.
+type fetchReply struct {
+	ch chan fetchResult
+}
+
+type fetchResult struct {
+	reply []byte
+	err   error
+}
+
+func (f fetchReply) Complete(reply []byte, err error) {
+	f.ch <- fetchResult{reply: bytes.Clone(reply), err: err}
+}
+
+// fetch sends raw upstream on any connection and waits for the reply. The
+// pool answers every request within its reply timeout, so this cannot hang.
+func (srv *Server) fetch(raw []byte) ([]byte, error) {
+	name := strings.ToLower(string(firstArg(raw)))
+	srv.metrics.UpstreamCommands.WithLabelValues(name).Inc()
+	srv.stats.upstreamCommands.Add(1)
+	done := fetchReply{ch: make(chan fetchResult, 1)}
+	srv.pool.Submit(context.Background(), srv.pool.Pick(), &pool.Request{Raw: raw, Done: done})
+	res := <-done.ch
+	return res.reply, res.err
+}
+
+// firstArg returns the command name in a RESP multibulk request.
+func firstArg(raw []byte) []byte {
+	// *N\r\n$L\r\nNAME\r\n
+	i := bytes.Index(raw, []byte("\r\n$"))
+	if i < 0 {
+		return nil
+	}
+	rest := raw[i+3:]
+	j := bytes.Index(rest, []byte("\r\n"))
+	if j < 0 {
+		return nil
+	}
+	n, err := strconv.Atoi(string(rest[:j]))
+	if err != nil || j+2+n > len(rest) {
+		return nil
+	}
+	return rest[j+2 : j+2+n]
+}
+
+// fetchAsync completes r with fn's result on a goroutine of its own, so the
+// client's later commands are not held up; the writer still sends r's reply
+// in order.
+func (srv *Server) fetchAsync(r *request, fn func() ([]byte, error)) {
+	srv.wg.Add(1)
+	go func() {
+		defer srv.wg.Done()
+		reply, err := fn()
+		r.Complete(reply, err)
+	}()
+}
+
+// infoWithFunnel lists INFO section arguments that include funnel's section.
+var infoWithFunnel = map[string]bool{"all": true, "everything": true, "default": true, "funnel": true}
+
+// cmdInfo answers INFO from the upstream's reply, fetched at most once per
+// Options.InfoTTL for each list of sections, with a "# Funnel" section
+// added. Clients read redis_version, loading and maxmemory_policy from it,
+// so the upstream's text is kept as it is.
+func cmdInfo(s *session, r *request, args [][]byte) {
+	withFunnel, onlyFunnel := len(args) == 1, len(args) > 1
+	for _, a := range args[1:] {
+		sec := strings.ToLower(string(a))
+		withFunnel = withFunnel || infoWithFunnel[sec]
+		onlyFunnel = onlyFunnel && sec == "funnel"
+	}
+	srv := s.srv
+	if onlyFunnel {
+		r.Complete(redcon.AppendBulk(nil, srv.funnelInfo()), nil)
+		return
+	}
+	srv.fetchAsync(r, func() ([]byte, error) {
+		reply, err := srv.infoCache.get(srv, cacheKey(args), r.Raw, srv.opts.InfoTTL)
+		if err != nil || len(reply) == 0 || reply[0] != '$' {
+			return reply, err
+		}
+		body := bulkBody(reply)
+		srv.noteVersion(body)
+		if !withFunnel {
+			return reply, nil
+		}
+		out := append(append([]byte(nil), body...), "\r\n"...)
+		out = append(out, srv.funnelInfo()...)
+		return redcon.AppendBulk(nil, out), nil
+	})
+}
+
+// bulkBody returns the payload of a RESP bulk string reply.
+func bulkBody(reply []byte) []byte {
+	i := bytes.Index(reply, []byte("\r\n"))
+	if i < 0 || len(reply) < i+4 {
+		return nil
+	}
+	return reply[i+2 : len(reply)-2]
+}
+
+// noteVersion remembers the upstream's redis_version for HELLO.
+func (srv *Server) noteVersion(info []byte) {
+	_, rest, ok := bytes.Cut(info, []byte("redis_version:"))
+	if !ok {
+		return
+	}
+	v, _, _ := bytes.Cut(rest, []byte("\r\n"))
+	version := string(v)
+	srv.version.Store(&version)
+}
+
+// whenVersionKnown completes r with build(version of the upstream), fetching
+// INFO server first if funnel has not seen the version yet.
+func (srv *Server) whenVersionKnown(s *session, r *request, build func(version string) []byte) {
+	if v := srv.version.Load(); v != nil {
+		r.Complete(build(*v), nil)
+		return
+	}
+	srv.fetchAsync(r, func() ([]byte, error) {
+		raw := redcon.AppendArray(nil, 2)
+		raw = redcon.AppendBulkString(raw, "INFO")
+		raw = redcon.AppendBulkString(raw, "server")
+		reply, err := srv.infoCache.get(srv, "info\x00server", raw, srv.opts.InfoTTL)
+		if err != nil {
+			return nil, err
+		}
+		if len(reply) == 0 || reply[0] != '$' {
+			return reply, nil // the upstream's error, as it is
+		}
+		srv.noteVersion(bulkBody(reply))
+		version := "unknown"
+		if v := srv.version.Load(); v != nil {
+			version = *v
+		}
+		return build(version), nil
+	})
+}
+
+// funnelInfo renders the "# Funnel" INFO section.
+func (srv *Server) funnelInfo() []byte {
+	var b []byte
+	line := func(k string, v int64) {
+		b = append(b, k...)
+		b = append(b, ':')
+		b = strconv.AppendInt(b, v, 10)
+		b = append(b, "\r\n"...)
+	}
+	b = append(b, "# Funnel\r\n"...)
+	b = append(b, "funnel_version:"+Version+"\r\n"...)
+	line("funnel_connected_clients", int64(srv.sessionCount()))
+	line("funnel_pool_size", int64(srv.pool.Size()))
+	line("funnel_upstream_connections", int64(srv.pool.UpCount()))
+	line("funnel_client_commands", srv.stats.clientCommands.Load())
+	line("funnel_upstream_commands", srv.stats.upstreamCommands.Load())
+	line("funnel_local_replies", srv.stats.localReplies.Load())
+	return b
+}
