@@ -317,8 +317,9 @@ func clientList(s *session, r *request, args [][]byte) {
 // cmdCommand answers COMMAND and its subcommands from a copy fetched from the
 // upstream once: the table does not change while the upstream runs.
 func cmdCommand(s *session, r *request, args [][]byte) {
+	key := cacheKey(args) // args do not outlive this call
 	s.srv.fetchAsync(r, func() ([]byte, error) {
-		return s.srv.commandCache.get(s.srv, cacheKey(args), r.Raw, 0)
+		return s.srv.commandCache.get(s.srv, key, r.Raw, 0)
 	})
 }
 

@@ -129,7 +129,8 @@ func (s *session) readLoop() {
 			return
 		}
 		r := s.route(cmd)
-		if !s.enqueue(r) || r.closeAfter {
+		last := r.closeAfter // r belongs to the writer once queued
+		if !s.enqueue(r) || last {
 			return
 		}
 	}

@@ -137,8 +137,9 @@ func cmdInfo(s *session, r *request, args [][]byte) {
 		r.Complete(redcon.AppendBulk(nil, srv.funnelInfo()), nil)
 		return
 	}
+	key := cacheKey(args) // args do not outlive this call
 	srv.fetchAsync(r, func() ([]byte, error) {
-		reply, err := srv.infoCache.get(srv, cacheKey(args), r.Raw, srv.opts.InfoTTL)
+		reply, err := srv.infoCache.get(srv, key, r.Raw, srv.opts.InfoTTL)
 		if err != nil || len(reply) == 0 || reply[0] != '$' {
 			return reply, err
 		}
