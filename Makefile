@@ -1,0 +1,51 @@
+# funnel: make test sets up and runs every test; make run starts funnel.
+GO      ?= go
+BIN     := bin/funnel
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X github.com/funnel-proxy/funnel/proxy.Version=$(VERSION)
+IMAGE   ?= funnel:$(VERSION)
+
+.PHONY: all build test deps run bench bench-redis lint fuzz gen docker clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/funnel
+
+# deps installs what the tests need and is missing (redis-server, redis-tools).
+deps:
+	@scripts/deps.sh
+
+test: deps
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+# run starts funnel. Without FUNNEL_UPSTREAM or REDIS_URL it starts a
+# throwaway local redis-server and points funnel at it.
+run: build deps
+	@scripts/run.sh $(BIN) $(ARGS)
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./bench/ ./resp/
+
+# bench-redis compares direct Redis, funnel and twemproxy with redis-benchmark.
+bench-redis: build deps
+	bench/redis-benchmark.sh
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzRequestReader -fuzztime 30s ./resp/
+	$(GO) test -run '^$$' -fuzz FuzzReplyScanner -fuzztime 30s ./resp/
+
+# gen regenerates the command table from a throwaway local redis-server.
+gen: deps
+	@scripts/gen-commands.sh
+
+docker:
+	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+
+clean:
+	rm -rf bin
