@@ -78,11 +78,11 @@ func Lookup(args [][]byte) *Info {
 	if len(args) == 0 {
 		return nil
 	}
-	info := table[lower(args[0])]
+	info := find(table, args[0])
 	if info == nil || info.Subcommands == nil || len(args) < 2 {
 		return info
 	}
-	if sub := info.Subcommands[lower(args[1])]; sub != nil {
+	if sub := find(info.Subcommands, args[1]); sub != nil {
 		return sub
 	}
 	return info
@@ -96,27 +96,33 @@ func (i *Info) CheckArity(args [][]byte) bool {
 	return len(args) >= -i.Arity
 }
 
-// lower returns an ASCII lower-case string of b; command names are short, and
-// a map lookup by string(b) does not allocate when b is already lower case.
-func lower(b []byte) string {
-	for _, c := range b {
-		if c >= 'A' && c <= 'Z' {
-			return string(bytes.ToLower(b))
-		}
+// find looks name up in m, ignoring ASCII case, without allocating: names
+// are lowered into a stack buffer, and Go does not copy for m[string(b)].
+func find(m map[string]*Info, name []byte) *Info {
+	var buf [32]byte
+	if len(name) > len(buf) {
+		return nil // longer than any command name
 	}
-	return string(b)
+	for i, c := range name {
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		buf[i] = c
+	}
+	return m[string(buf[:len(name)])]
 }
 
-// Name returns the canonical name of the command in args: the table's name
-// when known, otherwise the first argument in lower case.
-func Name(args [][]byte) string {
-	if info := Lookup(args); info != nil {
+// Name returns the canonical name of the command in args, given its Lookup
+// result: the table's name when known, otherwise the first argument in
+// lower case.
+func Name(info *Info, args [][]byte) string {
+	if info != nil {
 		return info.Name
 	}
 	if len(args) == 0 {
 		return ""
 	}
-	return lower(args[0])
+	return string(bytes.ToLower(args[0]))
 }
 
 // KeyPositions appends to dst the argument indexes of the keys args name,

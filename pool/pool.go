@@ -83,19 +83,26 @@ func New(upstream Upstream, opts Options) *Pool {
 // Upstream returns where the pool connects.
 func (p *Pool) Upstream() Upstream { return p.upstream }
 
-// Pick chooses a connection for a client with nothing in flight: an idle
-// live one if there is one (which keeps load on few connections and so
-// pipelines best), else a fresh slot while the pool is still growing, else
-// the least loaded live one.
+// pipelineDepth is how many requests Pick lets pile up on one connection
+// before it spreads load to another. Concentrating concurrent requests on
+// few connections is what makes auto-pipelining pay: one write and one read
+// carry many clients' commands, which saves system calls here and packets
+// on the way to a remote upstream.
+const pipelineDepth = 32
+
+// Pick chooses a connection for a client with nothing in flight: the first
+// live connection with fewer than pipelineDepth requests on it, else a fresh
+// slot while the pool is still growing, else the least loaded live one.
 func (p *Pool) Pick() *Conn {
 	var least, fresh, fallback *Conn
 	for _, c := range p.conns {
+		load := c.Load()
 		switch c.state.Load() {
 		case stateUp:
-			if c.Load() == 0 {
+			if load < pipelineDepth {
 				return c
 			}
-			if least == nil || c.Load() < least.Load() {
+			if least == nil || load < least.Load() {
 				least = c
 			}
 		case stateIdle:
@@ -107,7 +114,7 @@ func (p *Pool) Pick() *Conn {
 				fresh = c
 			}
 		}
-		if fallback == nil || c.Load() < fallback.Load() {
+		if fallback == nil || load < fallback.Load() {
 			fallback = c
 		}
 	}

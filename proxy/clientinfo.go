@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"github.com/funnel-proxy/funnel/command"
 	"net"
 	"sort"
 	"strconv"
@@ -40,9 +41,15 @@ func (c *clientInfo) init(conn net.Conn, id int64) {
 	c.lastCmd.Store(&none)
 }
 
-// setLastCommand records the command being run, for the cmd= and idle= fields.
-func (c *clientInfo) setLastCommand(name string) {
-	c.lastCmd.Store(&name)
+// setLastCommand records the command being run, for the cmd= and idle=
+// fields. A known command's name is stored by pointer into the command
+// table, which costs no allocation per command.
+func (c *clientInfo) setLastCommand(info *command.Info, name string) {
+	if info != nil {
+		c.lastCmd.Store(&info.Name)
+	} else {
+		c.lastCmd.Store(&name)
+	}
 	c.lastActive.Store(time.Now().UnixNano())
 }
 

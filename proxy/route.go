@@ -51,11 +51,11 @@ func isBlocking(info *command.Info, args [][]byte) bool {
 // complete (answered here) or on its way upstream.
 func (s *session) route(cmd resp.Command) *request {
 	info := command.Lookup(cmd.Args)
-	name := command.Name(cmd.Args)
+	name := command.Name(info, cmd.Args)
 	r := newRequest(s, cmd.Raw)
 	r.name = name
-	s.info.setLastCommand(name)
-	s.srv.metrics.ClientCommands.WithLabelValues(name).Inc()
+	s.info.setLastCommand(info, name)
+	s.srv.counters(name).client.Inc()
 	s.srv.stats.clientCommands.Add(1)
 
 	if !s.authed && (info == nil || !info.Has(command.NoAuth)) {
@@ -68,7 +68,7 @@ func (s *session) route(cmd resp.Command) *request {
 		if !info.CheckArity(cmd.Args) {
 			return s.answer(r, "local", arityError(name))
 		}
-		s.srv.metrics.LocalReplies.WithLabelValues(name).Inc()
+		s.srv.counters(name).local.Inc()
 		s.srv.stats.localReplies.Add(1)
 		r.route = "local"
 		h(s, r, cmd.Args)

@@ -77,6 +77,7 @@ type Server struct {
 	infoCache    replyCache
 	commandCache replyCache
 	version      atomic.Pointer[string]
+	byCommand    sync.Map // command name -> *commandCounters
 	stats        struct{ clientCommands, upstreamCommands, localReplies atomic.Int64 }
 }
 

@@ -241,7 +241,7 @@ func (s *session) writeFailed(err error) {
 func (s *session) forward(r *request) {
 	r.upstream = true
 	r.route = "upstream"
-	s.srv.metrics.UpstreamCommands.WithLabelValues(r.name).Inc()
+	s.srv.counters(r.name).upstream.Inc()
 	s.srv.stats.upstreamCommands.Add(1)
 	s.srv.metrics.InFlight.Inc()
 	// Decide the connection before counting r: with nothing of ours in

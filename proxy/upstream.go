@@ -79,7 +79,7 @@ func (f fetchReply) Complete(reply []byte, err error) {
 // pool answers every request within its reply timeout, so this cannot hang.
 func (srv *Server) fetch(raw []byte) ([]byte, error) {
 	name := strings.ToLower(string(firstArg(raw)))
-	srv.metrics.UpstreamCommands.WithLabelValues(name).Inc()
+	srv.counters(name).upstream.Inc()
 	srv.stats.upstreamCommands.Add(1)
 	done := fetchReply{ch: make(chan fetchResult, 1)}
 	srv.pool.Submit(context.Background(), srv.pool.Pick(), &pool.Request{Raw: raw, Done: done})

@@ -35,6 +35,7 @@ type config struct {
 	clientOutputLimit  int64
 	clientWriteTimeout time.Duration
 	infoTTL            time.Duration
+	pprof              bool
 }
 
 func (c *config) limits() resp.Limits {
@@ -73,6 +74,7 @@ func parseConfig(args []string, out io.Writer, getenv func(string) string) (*con
 	fs.Int64Var(&c.clientOutputLimit, "client-output-limit", 512<<20, "reply bytes held for a client that does not read them before it is closed")
 	fs.DurationVar(&c.clientWriteTimeout, "client-write-timeout", 30*time.Second, "longest a write to a client may block before it is closed")
 	fs.DurationVar(&c.infoTTL, "info-ttl", 5*time.Second, "how long the upstream's INFO reply is reused")
+	fs.BoolVar(&c.pprof, "pprof", false, "serve Go profiles at /debug/pprof/ on the metrics address")
 	fs.VisitAll(func(f *pflag.Flag) {
 		f.Usage += " [$" + envName(f.Name) + "]"
 	})

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -77,7 +78,7 @@ func run(ctx context.Context, args []string, stdout io.Writer, getenv func(strin
 	}
 	var admin *http.Server
 	if cfg.metricsListen != "" {
-		admin, err = startAdmin(cfg.metricsListen, reg, p, log)
+		admin, err = startAdmin(cfg.metricsListen, cfg.pprof, reg, p, log)
 		if err != nil {
 			ln.Close()
 			p.Close(context.Background())
@@ -135,10 +136,15 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format must be text or json, not %q", format)
 }
 
-// startAdmin serves /metrics, /healthz (the process is up) and /readyz (the
-// upstream can be reached).
-func startAdmin(addr string, reg *prometheus.Registry, p *pool.Pool, log *slog.Logger) (*http.Server, error) {
+// startAdmin serves /metrics, /healthz (the process is up), /readyz (the
+// upstream can be reached) and, when asked, /debug/pprof/.
+func startAdmin(addr string, withPprof bool, reg *prometheus.Registry, p *pool.Pool, log *slog.Logger) (*http.Server, error) {
 	mux := http.NewServeMux()
+	if withPprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
