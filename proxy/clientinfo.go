@@ -48,9 +48,17 @@ func (c *clientInfo) setLastCommand(info *command.Info, name string) {
 	if info != nil {
 		c.lastCmd.Store(&info.Name)
 	} else {
-		c.lastCmd.Store(&name)
+		c.setUnknownCommand(name)
 	}
 	c.lastActive.Store(time.Now().UnixNano())
+}
+
+// setUnknownCommand is apart from setLastCommand so that only this rare
+// path moves the name to the heap.
+//
+//go:noinline
+func (c *clientInfo) setUnknownCommand(name string) {
+	c.lastCmd.Store(&name)
 }
 
 func (c *clientInfo) setName(name string) {
