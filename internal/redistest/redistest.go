@@ -21,9 +21,10 @@ type Server struct {
 	Port int
 	Dir  string
 
-	t     testing.TB
-	extra []string
-	cmd   *exec.Cmd
+	t        testing.TB
+	extra    []string
+	password string // from --requirepass; Do and CommandStats log in with it
+	cmd      *exec.Cmd
 }
 
 // Start runs redis-server with extra arguments (for example "--tls-port",
@@ -35,6 +36,11 @@ func Start(t testing.TB, extra ...string) *Server {
 		t.Fatalf("redis-server not found: install Debian's redis-server package (make test does it as root)")
 	}
 	s := &Server{t: t, extra: extra, Dir: t.TempDir(), Port: FreePort(t)}
+	for i, a := range extra {
+		if a == "--requirepass" && i+1 < len(extra) {
+			s.password = extra[i+1]
+		}
+	}
 	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.Port))
 	s.start()
 	t.Cleanup(s.Stop)
@@ -99,15 +105,38 @@ func (s *Server) Do(args ...string) (string, error) {
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	rd := bufio.NewReader(c)
+	if err := s.login(c, rd); err != nil {
+		return "", err
+	}
+	if _, err := c.Write(encode(args...)); err != nil {
+		return "", err
+	}
+	return rd.ReadString('\n')
+}
+
+func encode(args ...string) []byte {
 	var b strings.Builder
 	fmt.Fprintf(&b, "*%d\r\n", len(args))
 	for _, a := range args {
 		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
 	}
-	if _, err := c.Write([]byte(b.String())); err != nil {
-		return "", err
+	return []byte(b.String())
+}
+
+// login sends AUTH when the server has a password.
+func (s *Server) login(c net.Conn, rd *bufio.Reader) error {
+	if s.password == "" {
+		return nil
 	}
-	return bufio.NewReader(c).ReadString('\n')
+	if _, err := c.Write(encode("AUTH", s.password)); err != nil {
+		return err
+	}
+	line, err := rd.ReadString('\n')
+	if err == nil && line != "+OK\r\n" {
+		err = fmt.Errorf("AUTH: %q", line)
+	}
+	return err
 }
 
 // CommandCount returns how many times the server ran cmd (lower case, e.g.
@@ -127,10 +156,13 @@ func (s *Server) CommandStats(t testing.TB) map[string]int {
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Write([]byte("*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")); err != nil {
+	rd := bufio.NewReader(c)
+	if err := s.login(c, rd); err != nil {
 		t.Fatal(err)
 	}
-	rd := bufio.NewReader(c)
+	if _, err := c.Write(encode("INFO", "commandstats")); err != nil {
+		t.Fatal(err)
+	}
 	head, err := rd.ReadString('\n')
 	if err != nil || !strings.HasPrefix(head, "$") {
 		t.Fatalf("INFO commandstats: %q %v", head, err)

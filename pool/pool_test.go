@@ -1,0 +1,143 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/funnel-proxy/funnel/internal/redistest"
+	"github.com/funnel-proxy/funnel/metrics"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// result collects one request's outcome.
+type result struct {
+	once  sync.Once
+	done  chan struct{}
+	reply string
+	err   error
+}
+
+func newResult() *result { return &result{done: make(chan struct{})} }
+
+func (r *result) Complete(reply []byte, err error) {
+	r.once.Do(func() {
+		r.reply, r.err = string(reply), err
+		close(r.done)
+	})
+}
+
+func (r *result) wait(t *testing.T) (string, error) {
+	t.Helper()
+	select {
+	case <-r.done:
+		return r.reply, r.err
+	case <-time.After(10 * time.Second):
+		t.Fatal("request never completed")
+		return "", nil
+	}
+}
+
+func newPool(t *testing.T, url string, opts Options) *Pool {
+	t.Helper()
+	up, err := ParseURL(url, TLSOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Metrics = metrics.New(prometheus.NewRegistry())
+	p := New(up, opts)
+	t.Cleanup(func() { p.Close(context.Background()) })
+	return p
+}
+
+func do(t *testing.T, p *Pool, raw string) (string, error) {
+	t.Helper()
+	r := newResult()
+	p.Submit(context.Background(), p.Pick(), &Request{Raw: []byte(raw), Done: r})
+	return r.wait(t)
+}
+
+func TestLazyConnectAndLogin(t *testing.T) {
+	rs := redistest.Start(t, "--requirepass", "pw")
+	p := newPool(t, "redis://:pw@"+rs.Addr+"/3", Options{Size: 3})
+	before := rs.CommandStats(t)
+	time.Sleep(100 * time.Millisecond)
+	if p.UpCount() != 0 {
+		t.Fatal("pool connected before any request")
+	}
+	if got, err := do(t, p, "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n"); err != nil || got != "+OK\r\n" {
+		t.Fatalf("SET: %q %v", got, err)
+	}
+	if p.UpCount() != 1 {
+		t.Fatalf("%d connections up after one request", p.UpCount())
+	}
+	// The URL's db was selected: the key is in db 3.
+	if got, err := do(t, p, "*1\r\n$6\r\nDBSIZE\r\n"); err != nil || got != ":1\r\n" {
+		t.Fatalf("DBSIZE: %q %v", got, err)
+	}
+	// Less the AUTH that the CommandStats call itself sends.
+	stats := rs.CommandStats(t)
+	if auth := stats["auth"] - before["auth"] - 1; auth != 1 || stats["select"] != 1 {
+		t.Fatalf("login commands: auth %d select %d", auth, stats["select"])
+	}
+}
+
+func TestWrongPasswordIsUnavailable(t *testing.T) {
+	rs := redistest.Start(t, "--requirepass", "pw")
+	p := newPool(t, "redis://:bad@"+rs.Addr, Options{Size: 1})
+	_, err := do(t, p, "*1\r\n$4\r\nPING\r\n")
+	var pe *Error
+	if !errors.As(err, &pe) || pe.Kind != "unavailable" || !strings.Contains(err.Error(), "WRONGPASS") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestMultiReplyRequestDeliversLast(t *testing.T) {
+	rs := redistest.Start(t)
+	p := newPool(t, "redis://"+rs.Addr, Options{Size: 1})
+	r := newResult()
+	raw := "*1\r\n$5\r\nMULTI\r\n*2\r\n$4\r\nINCR\r\n$1\r\nn\r\n*1\r\n$4\r\nEXEC\r\n"
+	p.Submit(context.Background(), p.Pick(), &Request{Raw: []byte(raw), Replies: 3, Done: r})
+	if got, err := r.wait(t); err != nil || got != "*1\r\n:1\r\n" {
+		t.Fatalf("got %q %v", got, err)
+	}
+}
+
+func TestCloseFailsLaterRequests(t *testing.T) {
+	rs := redistest.Start(t)
+	p := newPool(t, "redis://"+rs.Addr, Options{Size: 2})
+	if _, err := do(t, p, "*1\r\n$4\r\nPING\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	p.Close(context.Background())
+	p.Close(context.Background()) // idempotent
+	_, err := do(t, p, "*1\r\n$4\r\nPING\r\n")
+	if !errors.Is(err, ErrClosed) {
+		t.Fatalf("after Close: %v", err)
+	}
+}
+
+// TestPickConcentratesLoad checks that light concurrent load shares one
+// connection (so it pipelines) and that heavy load spreads.
+func TestPickConcentratesLoad(t *testing.T) {
+	rs := redistest.Start(t)
+	p := newPool(t, "redis://"+rs.Addr, Options{Size: 4})
+	if _, err := do(t, p, "*1\r\n$4\r\nPING\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	first := p.Pick()
+	if !first.Up() {
+		t.Fatal("Pick chose a fresh slot while a live connection was idle")
+	}
+	first.load.Add(pipelineDepth) // as if that many requests were in flight
+	defer first.load.Add(-pipelineDepth)
+	if p.Pick() == first {
+		t.Fatal("Pick did not spread load off a busy connection")
+	}
+}
