@@ -20,6 +20,11 @@ type Metrics struct {
 	InFlight          prometheus.Gauge       // requests sent upstream, reply not yet back
 	Errors            *prometheus.CounterVec // by kind
 	Latency           *prometheus.HistogramVec
+	ExclusiveConns    *prometheus.GaugeVec // by state: in_use, idle
+	ExclusiveWaiting  prometheus.Gauge
+	PubSubChannels    *prometheus.GaugeVec // by kind: channel, pattern, shard
+	PubSubSubscribers prometheus.Gauge
+	PubSubMessages    prometheus.Counter
 }
 
 // New makes the collectors and registers them on reg.
@@ -60,7 +65,23 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help:    "Time from reading a command to having its reply, by route.",
 			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10},
 		}, []string{"route"}),
+		ExclusiveConns: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "funnel_exclusive_connections", Help: "Exclusive-lane upstream connections (blocking commands, WATCH), by state.",
+		}, []string{"state"}),
+		ExclusiveWaiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "funnel_exclusive_waiting", Help: "Clients waiting for an exclusive connection.",
+		}),
+		PubSubChannels: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "funnel_pubsub_subscriptions", Help: "Channels and patterns funnel is subscribed to upstream, by kind.",
+		}, []string{"kind"}),
+		PubSubSubscribers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "funnel_pubsub_clients", Help: "Clients in subscribed mode.",
+		}),
+		PubSubMessages: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "funnel_pubsub_messages_delivered_total", Help: "Pub/sub messages delivered to clients (one per receiving client).",
+		}),
 	}
+	reg.MustRegister(m.ExclusiveConns, m.ExclusiveWaiting, m.PubSubChannels, m.PubSubSubscribers, m.PubSubMessages)
 	reg.MustRegister(m.ClientCommands, m.UpstreamCommands, m.LocalReplies, m.ClientConnections,
 		m.ClientsAccepted, m.ClientsClosed, m.UpstreamConns, m.UpstreamDials, m.InFlight, m.Errors, m.Latency)
 	return m

@@ -51,6 +51,9 @@ type Conn struct {
 	load atomic.Int64
 	// state is one of the state constants.
 	state atomic.Int32
+	// stop is closed to end an exclusive connection on its own; nil (never
+	// ready) for shared ones, which end with the pool.
+	stop chan struct{}
 
 	// Guarded by mu (never held across I/O).
 	mu       sync.Mutex
@@ -61,6 +64,7 @@ type Conn struct {
 	// decides the read deadline (see armDeadline).
 	outstanding int
 	deadlineAt  time.Time
+	noDeadline  bool // a request without a reply deadline is outstanding
 	nc          net.Conn
 }
 
@@ -127,6 +131,9 @@ func (c *Conn) run() {
 		case first = <-c.queue:
 		case <-c.pool.closing:
 			c.failQueued(&Error{Kind: "closed", Err: ErrClosed})
+			return
+		case <-c.stop:
+			c.failQueued(&Error{Kind: "lost", Err: errStopped})
 			return
 		}
 		if err := c.downErr(); err != nil {
@@ -256,6 +263,10 @@ func asPoolError(err error) error {
 	return &Error{Kind: "lost", Err: err}
 }
 
+// errStopped ends an exclusive connection that was discarded, for example
+// because its client went away while blocked.
+var errStopped = errors.New("connection discarded")
+
 // errIdleClosed means the upstream closed a connection that had nothing in
 // flight; hosted Redis services do this to idle clients. It is not a failure.
 var errIdleClosed = errors.New("closed by upstream while idle")
@@ -271,6 +282,8 @@ func (c *Conn) writeLoop(nc net.Conn, first *Request, inflight chan<- *Request, 
 			case next = <-c.queue:
 			case <-broken:
 				return nil
+			case <-c.stop:
+				return errStopped
 			case <-c.pool.closing:
 				// Let what was written finish: the reader ends once it has
 				// every reply, or the shutdown deadline closes the socket.
@@ -328,11 +341,18 @@ func (c *Conn) drainOnClose() {
 // arrive. So a stalled upstream fails the connection after the timeout even
 // while new requests keep coming, and an idle connection has no deadline.
 func (c *Conn) armDeadline(timeout time.Duration) {
-	timeout = max(timeout, c.pool.opts.Timeout)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.outstanding == 0 || timeout > c.pool.opts.Timeout {
-		c.setReadDeadline(time.Now().Add(timeout))
+	switch {
+	case timeout == NoTimeout:
+		// A command that may block for ever (BLPOP ... 0). Only exclusive
+		// connections carry these; TCP keepalive notices a dead upstream.
+		c.deadlineAt = time.Time{}
+		_ = c.nc.SetReadDeadline(time.Time{})
+		c.noDeadline = true
+	case c.noDeadline:
+	case c.outstanding == 0 || timeout > c.pool.opts.Timeout:
+		c.setReadDeadline(time.Now().Add(max(timeout, c.pool.opts.Timeout)))
 	}
 	c.outstanding++
 }
@@ -343,7 +363,11 @@ func (c *Conn) replied() {
 	defer c.mu.Unlock()
 	c.outstanding--
 	if c.outstanding == 0 {
+		c.noDeadline = false
 		c.setReadDeadline(time.Time{})
+		return
+	}
+	if c.noDeadline {
 		return
 	}
 	// Move the deadline only when half of it is used up: SetReadDeadline

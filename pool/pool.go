@@ -18,8 +18,12 @@ type Options struct {
 	DialTimeout time.Duration // connect, TLS and login (default 5s)
 	QueueLen    int           // requests waiting to be written per connection (default 1024)
 	MaxInFlight int           // requests written and awaiting replies per connection (default 4096)
-	Logger      *slog.Logger
-	Metrics     *metrics.Metrics
+	// MaxExclusive caps the exclusive lane (default 32); ExclusiveIdle is
+	// how long a returned exclusive connection stays open (default 60s).
+	MaxExclusive  int
+	ExclusiveIdle time.Duration
+	Logger        *slog.Logger
+	Metrics       *metrics.Metrics
 }
 
 func (o *Options) setDefaults() {
@@ -38,6 +42,12 @@ func (o *Options) setDefaults() {
 	if o.MaxInFlight <= 0 {
 		o.MaxInFlight = 4096
 	}
+	if o.MaxExclusive <= 0 {
+		o.MaxExclusive = 32
+	}
+	if o.ExclusiveIdle <= 0 {
+		o.ExclusiveIdle = 60 * time.Second
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -50,6 +60,7 @@ type Pool struct {
 	log      *slog.Logger
 	metrics  *metrics.Metrics
 	conns    []*Conn
+	lane     *Lane
 
 	ctx             context.Context // cancelled on Close: stops dials
 	cancel          context.CancelFunc
@@ -71,6 +82,7 @@ func New(upstream Upstream, opts Options) *Pool {
 		ctx: ctx, cancel: cancel,
 		closing: make(chan struct{}), shutdownExpired: make(chan struct{}),
 	}
+	p.lane = newLane(p, opts.MaxExclusive, opts.ExclusiveIdle)
 	for range opts.Size {
 		c := newConn(p, "shared", opts.QueueLen)
 		p.conns = append(p.conns, c)
@@ -79,6 +91,12 @@ func New(upstream Upstream, opts Options) *Pool {
 	}
 	return p
 }
+
+// Timeout returns the reply timeout.
+func (p *Pool) Timeout() time.Duration { return p.opts.Timeout }
+
+// Lane returns the pool's exclusive lane.
+func (p *Pool) Lane() *Lane { return p.lane }
 
 // Upstream returns where the pool connects.
 func (p *Pool) Upstream() Upstream { return p.upstream }
@@ -176,7 +194,7 @@ func (p *Pool) Close(ctx context.Context) {
 		p.cancel()
 		// No Submit can queue after closed was set; fail what slipped in
 		// before the slots stopped.
-		for _, c := range p.conns {
+		for _, c := range append(p.conns, p.lane.conns()...) {
 			c.failQueued(&Error{Kind: "closed", Err: ErrClosed})
 		}
 	})

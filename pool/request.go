@@ -49,11 +49,15 @@ type Request struct {
 	// reply is delivered; a MULTI ... EXEC batch wants EXEC's.
 	Replies int
 	// Timeout, when longer than the pool's reply timeout, is how long this
-	// request's reply may take (a blocking command's own timeout plus a margin).
+	// request's reply may take (a blocking command's own timeout plus a
+	// margin); NoTimeout means it may wait for ever (BLPOP ... 0).
 	Timeout time.Duration
 	// Done is told the outcome.
 	Done Completer
 }
+
+// NoTimeout is a Request.Timeout for a reply that may never come on its own.
+const NoTimeout time.Duration = -1
 
 func (r *Request) replies() int {
 	if r.Replies < 1 {

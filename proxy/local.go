@@ -24,6 +24,7 @@ func init() {
 		"ping": cmdPing, "echo": cmdEcho, "quit": cmdQuit, "reset": cmdReset,
 		"hello": cmdHello, "auth": cmdAuth, "select": cmdSelect, "info": cmdInfo,
 		"client": cmdClient, "command": cmdCommand,
+		"multi": cmdMulti, "exec": cmdExec, "discard": cmdDiscard, "watch": cmdWatch, "unwatch": cmdUnwatch,
 	} {
 		localHandlers[name] = h
 	}
@@ -67,11 +68,14 @@ func cmdQuit(s *session, r *request, args [][]byte) {
 	r.Complete(replyOK, nil)
 }
 
-// cmdReset returns the connection to its first state, as Redis's RESET does.
+// cmdReset returns the connection to its first state, as Redis's RESET does:
+// no transaction, nothing watched, no name, and logged out if funnel has a
+// password.
 func cmdReset(s *session, r *request, args [][]byte) {
 	s.info.setName("")
 	s.setAuthed(s.srv.opts.RequirePass == "")
-	r.Complete([]byte("+RESET\r\n"), nil)
+	s.multi = nil
+	s.endWatch(r, []byte("+RESET\r\n"))
 }
 
 func (s *session) setAuthed(ok bool) {

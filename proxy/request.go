@@ -29,6 +29,10 @@ type request struct {
 	// protocol error, max clients).
 	closeAfter  bool
 	closeReason string
+	// lease is the exclusive connection r was sent on, if any.
+	lease *lease
+	// override replaces a successful upstream reply (see forwardEnding).
+	override []byte
 
 	rawBuf []byte // reusable storage for Raw
 }
@@ -69,6 +73,9 @@ func (r *request) Complete(reply []byte, err error) {
 	if err != nil {
 		r.err = err
 	} else {
+		if r.override != nil && len(reply) > 0 && reply[0] != '-' {
+			reply = r.override
+		}
 		if s.pendingOut.Add(int64(len(reply))) > s.srv.opts.ClientOutputLimit {
 			// The client is not reading its replies fast enough: cut it off
 			// instead of letting its backlog grow without bound.
@@ -77,8 +84,16 @@ func (r *request) Complete(reply []byte, err error) {
 		r.reply = append(r.reply[:0], reply...)
 	}
 	if r.upstream {
-		s.upInFlight.Add(-1)
 		s.srv.metrics.InFlight.Dec()
+		if s.upInFlight.Add(-1) == 0 {
+			if l := r.lease; l != nil && l.ending.Load() {
+				l.release()
+			}
+			select {
+			case s.idle <- struct{}{}:
+			default:
+			}
+		}
 	}
 	r.done.Store(true)
 	s.wakeWriter()

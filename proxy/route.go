@@ -17,20 +17,30 @@ var refused = map[string]bool{
 	"client|trackinginfo": true, "client|unblock": true,
 }
 
-// stateful lists commands that need a connection of their own (transactions,
-// pub/sub); the session does not support them yet, and forwarding them to a
-// shared connection would corrupt other clients' traffic.
+// stateful lists commands that need a connection of their own (pub/sub);
+// the session does not support them yet, and forwarding them to a shared
+// connection would corrupt other clients' traffic.
 var stateful = map[string]bool{
-	"multi": true, "exec": true, "discard": true, "watch": true, "unwatch": true,
 	"subscribe": true, "psubscribe": true, "ssubscribe": true,
 	"unsubscribe": true, "punsubscribe": true, "sunsubscribe": true,
-	"wait": true, "waitaof": true,
+}
+
+// multiControl lists the commands a client in MULTI sends that act at once
+// rather than being queued, as in Redis.
+var multiControl = map[string]bool{
+	"exec": true, "discard": true, "multi": true, "watch": true, "quit": true, "reset": true,
 }
 
 // isBlocking reports whether a command may block on the server. XREAD and
-// XREADGROUP block only with a BLOCK option.
+// XREADGROUP block only with a BLOCK option; WAIT and WAITAOF always may.
 func isBlocking(info *command.Info, args [][]byte) bool {
-	if info == nil || !info.Has(command.Blocking) {
+	if info == nil {
+		return false
+	}
+	if info.Name == "wait" || info.Name == "waitaof" {
+		return true
+	}
+	if !info.Has(command.Blocking) {
 		return false
 	}
 	if info.Name == "xread" || info.Name == "xreadgroup" {
@@ -61,6 +71,10 @@ func (s *session) route(cmd resp.Command) *request {
 	if !s.authed && (info == nil || !info.Has(command.NoAuth)) {
 		return s.answer(r, "refused", redcon.AppendError(nil, "NOAUTH Authentication required."))
 	}
+	if s.multi != nil && !multiControl[name] {
+		s.queueInMulti(r, info, name, cmd.Args)
+		return r
+	}
 	if refused[name] || s.srv.denied[name] || s.srv.denied[baseName(name)] {
 		return s.refuse(r, name)
 	}
@@ -74,8 +88,13 @@ func (s *session) route(cmd resp.Command) *request {
 		h(s, r, cmd.Args)
 		return r
 	}
-	if stateful[name] || isBlocking(info, cmd.Args) {
+	if stateful[name] {
 		return s.refuse(r, name)
+	}
+	if isBlocking(info, cmd.Args) {
+		r.route = "exclusive"
+		s.forwardBlocking(r, info, cmd.Args)
+		return r
 	}
 	s.forward(r)
 	return r

@@ -31,6 +31,7 @@ type Options struct {
 	ClientOutputLimit  int64         // reply bytes held for one client before it is closed (default 512 MiB)
 	ClientWriteTimeout time.Duration // longest a reply write may block (default 30s)
 	InfoTTL            time.Duration // how long an upstream INFO reply is reused (default 5s)
+	MaxMultiBytes      int           // largest transaction funnel buffers between MULTI and EXEC (default 64 MiB)
 	Logger             *slog.Logger
 	Metrics            *metrics.Metrics
 }
@@ -50,6 +51,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.ClientWriteTimeout <= 0 {
 		o.ClientWriteTimeout = 30 * time.Second
+	}
+	if o.MaxMultiBytes <= 0 {
+		o.MaxMultiBytes = 64 << 20
 	}
 	if o.InfoTTL <= 0 {
 		o.InfoTTL = 5 * time.Second

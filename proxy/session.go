@@ -43,6 +43,17 @@ type session struct {
 	// connection they are on, so Redis runs them in the client's order.
 	upInFlight atomic.Int64
 	sticky     *pool.Conn
+	// stickyLease is the lease of sticky when it is an exclusive connection
+	// the client is finishing with; requests sent there carry it, so the
+	// last to complete releases the connection.
+	stickyLease *lease
+	// lease is the exclusive connection the client holds now (WATCH span,
+	// blocking command being routed); while set, everything goes there.
+	lease *lease
+	// idle is signalled when upInFlight drops to zero.
+	idle chan struct{}
+	// multi buffers a transaction between MULTI and EXEC.
+	multi *multiState
 
 	// Client state, owned by the reader goroutine; info guards what
 	// CLIENT LIST reads from other sessions.
@@ -58,6 +69,7 @@ func newSession(srv *Server, conn net.Conn, id int64) *session {
 		srv: srv, conn: conn, id: id, born: time.Now(),
 		queue: make(chan *request, srv.opts.MaxPipeline),
 		wake:  make(chan struct{}, 1),
+		idle:  make(chan struct{}, 1),
 		dead:  make(chan struct{}),
 	}
 	s.authed = srv.opts.RequirePass == ""
@@ -103,6 +115,7 @@ func (s *session) serve() {
 		s.writeLoop()
 	}()
 	s.readLoop()
+	s.endExclusive()
 	close(s.queue)
 	<-writerDone
 	s.kill("client_closed")
@@ -237,20 +250,36 @@ func (s *session) writeFailed(err error) {
 	s.kill("write_error")
 }
 
-// forward sends r upstream on the connection the ordering rule allows.
-func (s *session) forward(r *request) {
+// countUpstream marks r as going upstream and counts it.
+func (s *session) countUpstream(r *request) {
 	r.upstream = true
-	r.route = "upstream"
+	if r.route == "" || r.route == "local" {
+		r.route = "upstream"
+	}
 	s.srv.counters(r.name).upstream.Inc()
 	s.srv.stats.upstreamCommands.Add(1)
 	s.srv.metrics.InFlight.Inc()
-	// Decide the connection before counting r: with nothing of ours in
-	// flight any connection will do, since Redis has already answered
-	// everything we sent before.
-	if s.upInFlight.Add(1) == 1 || s.sticky == nil {
-		s.sticky = s.srv.pool.Pick()
+}
+
+// forward sends r upstream on the connection the ordering rule allows: the
+// client's exclusive connection if it holds one; else, while any of its
+// requests are in flight, the connection they are on; else any shared one,
+// since Redis has already answered everything the client sent before.
+func (s *session) forward(r *request) {
+	s.countUpstream(r)
+	n := s.upInFlight.Add(1)
+	conn := s.sticky
+	switch {
+	case s.lease != nil:
+		conn = s.lease.conn
+		r.lease = s.lease
+	case n == 1 || s.sticky == nil:
+		s.sticky, s.stickyLease = s.srv.pool.Pick(), nil
+		conn = s.sticky
+	default:
+		r.lease = s.stickyLease
 	}
-	s.srv.pool.Submit(s.ctx(), s.sticky, &r.Request)
+	s.srv.pool.Submit(s.ctx(), conn, &r.Request)
 }
 
 // ctx returns a context that ends when the session dies.

@@ -1,0 +1,200 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"math"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/funnel-proxy/funnel/command"
+	"github.com/funnel-proxy/funnel/pool"
+)
+
+// lease is a client's hold on an exclusive-lane connection. It ends in one
+// of two ways, whichever comes first: released clean to the lane when the
+// last request on it completes after the client is done with it (ending),
+// or discarded (closed) when the client goes away mid-use.
+type lease struct {
+	conn   *pool.Conn
+	lane   *pool.Lane
+	state  atomic.Int32 // 0 active, 1 released, 2 discarded
+	ending atomic.Bool  // the client sent its last command for this lease
+}
+
+func (l *lease) release() {
+	if l.state.CompareAndSwap(0, 1) {
+		l.lane.Return(l.conn)
+	}
+}
+
+func (l *lease) discard() {
+	if l.state.CompareAndSwap(0, 2) {
+		l.lane.Discard(l.conn)
+	}
+}
+
+// blockMargin is added to a blocking command's own timeout to get the
+// longest its reply may take before funnel gives up on the connection.
+const blockMargin = 5 * time.Second
+
+// blockingTimeout reads a blocking command's timeout from its arguments.
+// forever is true for 0 (block until served). ok is false when the
+// timeout cannot be read; the upstream then answers with its own error.
+func blockingTimeout(name string, args [][]byte) (d time.Duration, forever, ok bool) {
+	var arg []byte
+	ms := false
+	switch name {
+	case "blpop", "brpop", "brpoplpush", "blmove", "bzpopmin", "bzpopmax":
+		arg = args[len(args)-1]
+	case "blmpop", "bzmpop":
+		arg = args[1]
+	case "wait":
+		arg, ms = args[2], true
+	case "waitaof":
+		arg, ms = args[3], true
+	case "xread", "xreadgroup":
+		for i := 1; i+1 < len(args); i++ {
+			if strings.EqualFold(string(args[i]), "block") {
+				arg, ms = args[i+1], true
+				break
+			}
+		}
+	}
+	if arg == nil {
+		return 0, false, false
+	}
+	f, err := strconv.ParseFloat(string(arg), 64)
+	if err != nil || f < 0 || math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0, false, false
+	}
+	if f == 0 {
+		return 0, true, true
+	}
+	if !ms {
+		f *= 1000
+	}
+	return time.Duration(f * float64(time.Millisecond)), false, true
+}
+
+// timeoutReply is what Redis answers when a blocking command times out.
+func timeoutReply(name string) []byte {
+	switch name {
+	case "brpoplpush", "blmove":
+		return []byte("$-1\r\n")
+	case "wait":
+		return []byte(":0\r\n")
+	case "waitaof":
+		return []byte("*2\r\n:0\r\n:0\r\n")
+	default:
+		return []byte("*-1\r\n")
+	}
+}
+
+// waitIdle waits until nothing of this client is in flight, so a command
+// sent on another connection cannot overtake the client's earlier ones.
+// It reports false if the session died meanwhile.
+func (s *session) waitIdle() bool {
+	for s.upInFlight.Load() > 0 {
+		select {
+		case <-s.idle:
+		case <-s.dead:
+			return false
+		}
+	}
+	return true
+}
+
+// borrow leases an exclusive connection, waiting until ctx ends.
+func (s *session) borrow(ctx context.Context) (*lease, error) {
+	lane := s.srv.pool.Lane()
+	c, err := lane.Borrow(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &lease{conn: c, lane: lane}, nil
+}
+
+// forwardBlocking runs a blocking command on an exclusive connection, so it
+// never stalls a shared one. If no connection frees up before the command's
+// own timeout, the client gets the reply Redis gives on timeout.
+func (s *session) forwardBlocking(r *request, info *command.Info, args [][]byte) {
+	d, forever, ok := blockingTimeout(info.Name, args)
+	switch {
+	case !ok:
+		r.Timeout = 0 // the upstream rejects the timeout at once
+	case forever:
+		r.Timeout = pool.NoTimeout
+	default:
+		r.Timeout = d + blockMargin
+	}
+	if s.lease != nil { // inside a WATCH span: its connection is ours already
+		s.forward(r)
+		return
+	}
+	if !s.waitIdle() {
+		r.Complete(nil, errSessionClosed)
+		return
+	}
+	ctx, cancel := s.deadlineCtx(d, forever || !ok)
+	defer cancel()
+	l, err := s.borrow(ctx)
+	if err != nil {
+		if errors.Is(err, pool.ErrLaneFull) && ok && !forever {
+			r.route = "local"
+			r.Complete(timeoutReply(info.Name), nil)
+			return
+		}
+		r.Complete(nil, laneError(err))
+		return
+	}
+	s.lease = l
+	s.forwardEnding(r, nil)
+}
+
+// deadlineCtx returns a context that ends when the session dies or, unless
+// forever, after d.
+func (s *session) deadlineCtx(d time.Duration, forever bool) (context.Context, context.CancelFunc) {
+	if forever {
+		return s.ctx(), func() {}
+	}
+	return context.WithTimeout(s.ctx(), d)
+}
+
+// forwardEnding sends r on the lease as the client's last command of it;
+// the lease is released once r and everything before it completes. reply,
+// when set, replaces the upstream's reply (RESET answers +RESET after the
+// UNWATCH sent for it).
+func (s *session) forwardEnding(r *request, reply []byte) {
+	l := s.lease
+	r.override = reply
+	// Count r in flight before marking the lease ending, so a completion
+	// racing with this cannot release the connection under r.
+	s.countUpstream(r)
+	s.upInFlight.Add(1)
+	l.ending.Store(true)
+	s.lease = nil
+	s.sticky, s.stickyLease = l.conn, l
+	r.lease = l
+	s.srv.pool.Submit(s.ctx(), l.conn, &r.Request)
+}
+
+// endExclusive gives up the client's exclusive connection when it leaves:
+// one still in use (blocked, or inside WATCH) is closed, never handed on.
+func (s *session) endExclusive() {
+	if s.lease != nil {
+		s.lease.discard()
+		s.lease = nil
+	}
+	if l := s.stickyLease; l != nil && s.upInFlight.Load() > 0 {
+		l.discard()
+	}
+}
+
+var errSessionClosed = errors.New("funnel: client connection closed")
+
+func laneError(err error) error {
+	return errors.New("funnel: " + strings.TrimPrefix(err.Error(), "pool: ") + "; raise --max-exclusive or retry")
+}
