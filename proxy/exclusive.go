@@ -11,6 +11,7 @@ import (
 
 	"github.com/funnel-proxy/funnel/command"
 	"github.com/funnel-proxy/funnel/pool"
+	"github.com/funnel-proxy/funnel/resp"
 )
 
 // lease is a client's hold on an exclusive-lane connection. It ends in one
@@ -40,57 +41,65 @@ func (l *lease) discard() {
 // longest its reply may take before funnel gives up on the connection.
 const blockMargin = 5 * time.Second
 
+// blockTimeout is where and how a blocking command states its timeout.
+type blockTimeout struct {
+	d       time.Duration
+	forever bool // 0: block until served
+	ok      bool // false: unreadable; the upstream answers with its own error
+	index   int  // the argument holding it
+	ms      bool // given in milliseconds rather than seconds
+}
+
 // blockingTimeout reads a blocking command's timeout from its arguments.
-// forever is true for 0 (block until served). ok is false when the
-// timeout cannot be read; the upstream then answers with its own error.
-func blockingTimeout(name string, args [][]byte) (d time.Duration, forever, ok bool) {
-	var arg []byte
-	ms := false
+func blockingTimeout(name string, args [][]byte) blockTimeout {
+	bt := blockTimeout{index: -1}
 	switch name {
 	case "blpop", "brpop", "brpoplpush", "blmove", "bzpopmin", "bzpopmax":
-		arg = args[len(args)-1]
+		bt.index = len(args) - 1
 	case "blmpop", "bzmpop":
-		arg = args[1]
+		bt.index = 1
 	case "wait":
-		arg, ms = args[2], true
+		bt.index, bt.ms = 2, true
 	case "waitaof":
-		arg, ms = args[3], true
+		bt.index, bt.ms = 3, true
 	case "xread", "xreadgroup":
 		for i := 1; i+1 < len(args); i++ {
 			if strings.EqualFold(string(args[i]), "block") {
-				arg, ms = args[i+1], true
+				bt.index, bt.ms = i+1, true
 				break
 			}
 		}
 	}
-	if arg == nil {
-		return 0, false, false
+	if bt.index < 0 {
+		return bt
 	}
-	f, err := strconv.ParseFloat(string(arg), 64)
+	f, err := strconv.ParseFloat(string(args[bt.index]), 64)
 	if err != nil || f < 0 || math.IsNaN(f) || math.IsInf(f, 0) {
-		return 0, false, false
+		return bt
 	}
+	bt.ok = true
 	if f == 0 {
-		return 0, true, true
+		bt.forever = true
+		return bt
 	}
-	if !ms {
+	if !bt.ms {
 		f *= 1000
 	}
-	return time.Duration(f * float64(time.Millisecond)), false, true
+	bt.d = time.Duration(f * float64(time.Millisecond))
+	return bt
 }
 
-// timeoutReply is what Redis answers when a blocking command times out.
-func timeoutReply(name string) []byte {
-	switch name {
-	case "brpoplpush", "blmove":
-		return []byte("$-1\r\n")
-	case "wait":
-		return []byte(":0\r\n")
-	case "waitaof":
-		return []byte("*2\r\n:0\r\n:0\r\n")
-	default:
-		return []byte("*-1\r\n")
+// withTimeout returns the command with its timeout argument set to d, for a
+// command that spent part of its timeout waiting for a connection.
+func (bt blockTimeout) withTimeout(args [][]byte, d time.Duration) []byte {
+	v := strconv.FormatFloat(d.Seconds(), 'f', 3, 64)
+	if bt.ms {
+		v = strconv.FormatInt(d.Milliseconds(), 10)
 	}
+	out := make([][]byte, len(args))
+	copy(out, args)
+	out[bt.index] = []byte(v)
+	return resp.AppendCommand(nil, out...)
 }
 
 // waitIdle waits until nothing of this client is in flight, so a command
@@ -121,14 +130,14 @@ func (s *session) borrow(ctx context.Context) (*lease, error) {
 // never stalls a shared one. If no connection frees up before the command's
 // own timeout, the client gets the reply Redis gives on timeout.
 func (s *session) forwardBlocking(r *request, info *command.Info, args [][]byte) {
-	d, forever, ok := blockingTimeout(info.Name, args)
+	bt := blockingTimeout(info.Name, args)
 	switch {
-	case !ok:
+	case !bt.ok:
 		r.Timeout = 0 // the upstream rejects the timeout at once
-	case forever:
+	case bt.forever:
 		r.Timeout = pool.NoTimeout
 	default:
-		r.Timeout = d + blockMargin
+		r.Timeout = bt.d + blockMargin
 	}
 	if s.lease != nil { // inside a WATCH span: its connection is ours already
 		s.forward(r)
@@ -138,20 +147,47 @@ func (s *session) forwardBlocking(r *request, info *command.Info, args [][]byte)
 		r.Complete(nil, errSessionClosed)
 		return
 	}
-	ctx, cancel := s.deadlineCtx(d, forever || !ok)
+	start := time.Now()
+	ctx, cancel := s.deadlineCtx(bt.d, bt.forever || !bt.ok)
 	defer cancel()
 	l, err := s.borrow(ctx)
 	if err != nil {
-		if errors.Is(err, pool.ErrLaneFull) && ok && !forever {
-			r.route = "local"
-			r.Complete(timeoutReply(info.Name), nil)
+		if errors.Is(err, pool.ErrLaneFull) && bt.ok && !bt.forever {
+			s.lastChance(r)
 			return
 		}
 		r.Complete(nil, laneError(err))
 		return
 	}
+	// Time spent waiting for the connection counts against the command's
+	// timeout, as it would have in Redis.
+	if waited := time.Since(start); bt.ok && !bt.forever && waited > time.Millisecond {
+		left := bt.d - waited
+		if left < time.Millisecond {
+			l.release()
+			s.lastChance(r)
+			return
+		}
+		r.rawBuf = bt.withTimeout(args, left)
+		r.Raw = r.rawBuf
+		r.Timeout = left + blockMargin
+	}
 	s.lease = l
 	s.forwardEnding(r, nil)
+}
+
+// lastChance answers a blocking command whose timeout passed while it waited
+// for an exclusive connection. Inside MULTI ... EXEC Redis runs a blocking
+// command without blocking, so that batch, on a shared connection, gives
+// exactly what Redis would have answered at the deadline: the element if one
+// is there by now, else the timeout reply.
+func (s *session) lastChance(r *request) {
+	r.rawBuf = append(append(append([]byte(nil), multiRaw...), r.Raw...), execRaw...)
+	r.Raw = r.rawBuf
+	r.Replies = 3
+	r.Timeout = 0
+	r.unwrapExec = true
+	s.forward(r)
 }
 
 // deadlineCtx returns a context that ends when the session dies or, unless

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,6 +34,8 @@ type request struct {
 	lease *lease
 	// override replaces a successful upstream reply (see forwardEnding).
 	override []byte
+	// unwrapExec takes the one reply out of an EXEC reply (see lastChance).
+	unwrapExec bool
 
 	rawBuf []byte // reusable storage for Raw
 }
@@ -75,6 +78,9 @@ func (r *request) Complete(reply []byte, err error) {
 	} else {
 		if r.override != nil && len(reply) > 0 && reply[0] != '-' {
 			reply = r.override
+		}
+		if r.unwrapExec && bytes.HasPrefix(reply, []byte("*1\r\n")) {
+			reply = reply[4:]
 		}
 		if s.pendingOut.Add(int64(len(reply))) > s.srv.opts.ClientOutputLimit {
 			// The client is not reading its replies fast enough: cut it off
