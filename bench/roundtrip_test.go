@@ -4,41 +4,14 @@ package bench
 
 import (
 	"bufio"
-	"context"
 	"net"
 	"testing"
-	"time"
 
 	"github.com/funnel-proxy/funnel/internal/redistest"
-	"github.com/funnel-proxy/funnel/metrics"
+	"github.com/funnel-proxy/funnel/internal/funneltest"
 	"github.com/funnel-proxy/funnel/pool"
 	"github.com/funnel-proxy/funnel/proxy"
-	"github.com/prometheus/client_golang/prometheus"
 )
-
-// startFunnel runs a funnel in this process in front of rs.
-func startFunnel(b *testing.B, rs *redistest.Server) string {
-	b.Helper()
-	up, err := pool.ParseURL("redis://"+rs.Addr, pool.TLSOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	m := metrics.New(prometheus.NewRegistry())
-	p := pool.New(up, pool.Options{Metrics: m})
-	srv := proxy.New(p, proxy.Options{Metrics: m})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	b.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-		p.Close(ctx)
-	})
-	return ln.Addr().String()
-}
 
 var getCmd = []byte("*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n")
 
@@ -80,5 +53,5 @@ func BenchmarkRoundTrip(b *testing.B) {
 		b.Fatal(reply, err)
 	}
 	b.Run("direct", func(b *testing.B) { roundTrips(b, rs.Addr) })
-	b.Run("funnel", func(b *testing.B) { roundTrips(b, startFunnel(b, rs)) })
+	b.Run("funnel", func(b *testing.B) { roundTrips(b, funneltest.Start(b, rs, proxy.Options{}, pool.Options{})) })
 }

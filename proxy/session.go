@@ -115,6 +115,12 @@ func (s *session) serve() {
 		s.writeLoop()
 	}()
 	s.readLoop()
+	if s.stickyLease != nil && s.upInFlight.Load() > 0 {
+		// The client left while blocked (or with EXEC in flight on its
+		// exclusive connection): as Redis does, drop the client at once
+		// rather than answer a socket that is gone.
+		s.kill("client_closed")
+	}
 	s.endExclusive()
 	close(s.queue)
 	<-writerDone
@@ -143,7 +149,24 @@ func (s *session) readLoop() {
 		}
 		r := s.route(cmd)
 		last := r.closeAfter // r belongs to the writer once queued
-		if !s.enqueue(r) || last {
+		if !s.enqueue(r) {
+			return
+		}
+		if last {
+			s.awaitClose()
+			return
+		}
+	}
+}
+
+// awaitClose runs after QUIT: like Redis, funnel reads no further command,
+// but it still watches the socket, so a client that hangs up while its QUIT
+// waits behind a blocked command is noticed. The writer closes the
+// connection after QUIT's reply, which ends this.
+func (s *session) awaitClose() {
+	var sink [512]byte
+	for {
+		if _, err := s.conn.Read(sink[:]); err != nil {
 			return
 		}
 	}
