@@ -5,6 +5,7 @@ package pool
 import (
 	"context"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
@@ -90,6 +91,18 @@ func New(upstream Upstream, opts Options) *Pool {
 		go c.run()
 	}
 	return p
+}
+
+// Dial opens a connection of its own to the upstream, logged in, for a
+// caller that manages it (the pub/sub hub).
+func (p *Pool) Dial(ctx context.Context) (net.Conn, error) {
+	nc, err := p.upstream.dial(ctx, p.opts.DialTimeout)
+	if err != nil {
+		p.metrics.UpstreamDials.WithLabelValues("error").Inc()
+		return nil, &Error{Kind: "unavailable", Err: err}
+	}
+	p.metrics.UpstreamDials.WithLabelValues("ok").Inc()
+	return nc, nil
 }
 
 // Timeout returns the reply timeout.

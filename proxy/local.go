@@ -75,6 +75,7 @@ func cmdReset(s *session, r *request, args [][]byte) {
 	s.info.setName("")
 	s.setAuthed(s.srv.opts.RequirePass == "")
 	s.multi = nil
+	s.leavePubSub()
 	s.endWatch(r, []byte("+RESET\r\n"))
 }
 

@@ -17,10 +17,9 @@ var refused = map[string]bool{
 	"client|trackinginfo": true, "client|unblock": true,
 }
 
-// stateful lists commands that need a connection of their own (pub/sub);
-// the session does not support them yet, and forwarding them to a shared
-// connection would corrupt other clients' traffic.
-var stateful = map[string]bool{
+// pubsubCommands go to the hub, which shares one upstream subscriber
+// connection among all subscribed clients.
+var pubsubCommands = map[string]bool{
 	"subscribe": true, "psubscribe": true, "ssubscribe": true,
 	"unsubscribe": true, "punsubscribe": true, "sunsubscribe": true,
 }
@@ -58,7 +57,8 @@ func isBlocking(info *command.Info, args [][]byte) bool {
 }
 
 // route decides how cmd is answered and returns the request for it, either
-// complete (answered here) or on its way upstream.
+// complete (answered here) or on its way upstream; or nil when the request
+// was queued already (pub/sub).
 func (s *session) route(cmd resp.Command) *request {
 	info := command.Lookup(cmd.Args)
 	name := command.Name(info, cmd.Args)
@@ -71,12 +71,22 @@ func (s *session) route(cmd resp.Command) *request {
 	if !s.authed && (info == nil || !info.Has(command.NoAuth)) {
 		return s.answer(r, "refused", redcon.AppendError(nil, "NOAUTH Authentication required."))
 	}
+	if s.subscribed() && !subscribedAllowed[name] {
+		return s.answer(r, "refused", notAllowedSubscribed(name))
+	}
 	if s.multi != nil && !multiControl[name] {
 		s.queueInMulti(r, info, name, cmd.Args)
 		return r
 	}
 	if refused[name] || s.srv.denied[name] || s.srv.denied[baseName(name)] {
 		return s.refuse(r, name)
+	}
+	if name == "ping" && s.subscribed() {
+		return s.answer(r, "local", subscribedPing(cmd.Args))
+	}
+	if pubsubCommands[name] {
+		s.routePubSub(r, name, cmd.Args)
+		return nil
 	}
 	if h := localHandlers[name]; h != nil {
 		if !info.CheckArity(cmd.Args) {
@@ -87,9 +97,6 @@ func (s *session) route(cmd resp.Command) *request {
 		r.route = "local"
 		h(s, r, cmd.Args)
 		return r
-	}
-	if stateful[name] {
-		return s.refuse(r, name)
 	}
 	if isBlocking(info, cmd.Args) {
 		r.route = "exclusive"

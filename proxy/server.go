@@ -82,6 +82,8 @@ type Server struct {
 	commandCache replyCache
 	version      atomic.Pointer[string]
 	byCommand    sync.Map // command name -> *commandCounters
+	hub          *hub
+	closingCh    chan struct{} // closed when Shutdown begins
 	stats        struct{ clientCommands, upstreamCommands, localReplies atomic.Int64 }
 }
 
@@ -93,7 +95,9 @@ func New(p *pool.Pool, opts Options) *Server {
 		denied:    map[string]bool{},
 		sessions:  map[int64]*session{},
 		listeners: map[net.Listener]bool{},
+		closingCh: make(chan struct{}),
 	}
+	srv.hub = newHub(srv)
 	for _, d := range opts.Deny {
 		srv.denied[strings.ToLower(strings.ReplaceAll(strings.TrimSpace(d), " ", "|"))] = true
 	}
@@ -170,6 +174,15 @@ func (srv *Server) accept(conn net.Conn) {
 	}()
 }
 
+func (srv *Server) isClosing() bool {
+	select {
+	case <-srv.closingCh:
+		return true
+	default:
+		return false
+	}
+}
+
 // sessionsSnapshot returns the open sessions, oldest first.
 func (srv *Server) sessionsSnapshot() []*session {
 	srv.mu.Lock()
@@ -193,6 +206,9 @@ func (srv *Server) sessionCount() int {
 // ends; then it closes every client. It does not close the pool.
 func (srv *Server) Shutdown(ctx context.Context) error {
 	srv.mu.Lock()
+	if !srv.closing {
+		close(srv.closingCh)
+	}
 	srv.closing = true
 	for ln := range srv.listeners {
 		ln.Close()

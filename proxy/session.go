@@ -54,6 +54,9 @@ type session struct {
 	idle chan struct{}
 	// multi buffers a transaction between MULTI and EXEC.
 	multi *multiState
+	// subs are the client's pub/sub subscriptions; any puts it in
+	// subscribed mode.
+	subs map[subKey]bool
 
 	// Client state, owned by the reader goroutine; info guards what
 	// CLIENT LIST reads from other sessions.
@@ -122,6 +125,7 @@ func (s *session) serve() {
 		s.kill("client_closed")
 	}
 	s.endExclusive()
+	s.leavePubSub()
 	close(s.queue)
 	<-writerDone
 	s.kill("client_closed")
@@ -148,6 +152,9 @@ func (s *session) readLoop() {
 			return
 		}
 		r := s.route(cmd)
+		if r == nil {
+			continue // queued by its handler
+		}
 		last := r.closeAfter // r belongs to the writer once queued
 		if !s.enqueue(r) {
 			return

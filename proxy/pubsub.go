@@ -1,0 +1,521 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/funnel-proxy/funnel/resp"
+	"github.com/tidwall/redcon"
+)
+
+// subKind is what a subscription is to: a channel, a pattern, or a shard
+// channel.
+type subKind uint8
+
+const (
+	kindChannel subKind = iota
+	kindPattern
+	kindShard
+)
+
+// subKey names one subscription.
+type subKey struct {
+	kind subKind
+	name string
+}
+
+var subVerbs = [3][2]string{
+	{"subscribe", "unsubscribe"},
+	{"psubscribe", "punsubscribe"},
+	{"ssubscribe", "sunsubscribe"},
+}
+
+// hub shares one upstream subscriber connection among every subscribed
+// client. It subscribes upstream once per channel or pattern, however many
+// clients listen, unsubscribes when the last one leaves, and copies each
+// message to every local subscriber, in the order the upstream sent them.
+// After a reconnect it subscribes to everything again.
+type hub struct {
+	srv *Server
+
+	mu      sync.Mutex
+	subs    map[subKey]map[*session]bool
+	pending map[subKey][]*pendingSub // waiting for the upstream's confirmation
+	out     chan []byte              // commands for the writer goroutine
+	running bool
+	nc      interface{ Close() error } // the live subscriber connection, if any
+}
+
+// pendingSub is a client waiting for the upstream to confirm a subscription
+// before it is told it is subscribed, so it misses no message published
+// after its SUBSCRIBE reply.
+type pendingSub struct {
+	s    *session
+	done func(error)
+}
+
+func newHub(srv *Server) *hub {
+	return &hub{srv: srv, subs: map[subKey]map[*session]bool{}, pending: map[subKey][]*pendingSub{}}
+}
+
+// subscribed reports whether the session is in subscribed mode.
+func (s *session) subscribed() bool { return len(s.subs) > 0 }
+
+// subCount is what Redis reports after (un)subscribing: channels plus
+// patterns, or shard channels alone for the shard commands.
+func (s *session) subCount(kind subKind) int {
+	n := 0
+	for k := range s.subs {
+		if (kind == kindShard) == (k.kind == kindShard) {
+			n++
+		}
+	}
+	return n
+}
+
+func kindOf(name string) (subKind, bool) {
+	switch name {
+	case "subscribe", "unsubscribe":
+		return kindChannel, name == "subscribe"
+	case "psubscribe", "punsubscribe":
+		return kindPattern, name == "psubscribe"
+	default:
+		return kindShard, name == "ssubscribe"
+	}
+}
+
+// routePubSub handles the subscribe and unsubscribe commands. It queues r
+// itself, before the hub can push any message, so replies and messages
+// reach the client in the right order.
+func (s *session) routePubSub(r *request, name string, args [][]byte) {
+	kind, sub := kindOf(name)
+	r.route = "pubsub"
+	if !s.enqueue(r) {
+		return
+	}
+	if sub {
+		s.subscribe(r, kind, args[1:])
+	} else {
+		s.unsubscribe(r, kind, args[1:])
+	}
+}
+
+func (s *session) subscribe(r *request, kind subKind, names [][]byte) {
+	if s.subs == nil {
+		s.subs = map[subKey]bool{}
+	}
+	var reply []byte
+	var waiting sync.WaitGroup
+	verb := subVerbs[kind][0]
+	var mu sync.Mutex
+	var failure error
+	for _, n := range names {
+		key := subKey{kind, string(n)}
+		s.subs[key] = true
+		reply = appendSubReply(reply, verb, n, s.subCount(kind))
+		waiting.Add(1)
+		s.srv.hub.add(s, key, func(err error) {
+			if err != nil {
+				mu.Lock()
+				failure = err
+				mu.Unlock()
+			}
+			waiting.Done()
+		})
+	}
+	s.srv.metrics.PubSubSubscribers.Set(float64(s.srv.hub.clients()))
+	// Answer once the upstream has confirmed every subscription.
+	s.srv.wg.Add(1)
+	go func() {
+		defer s.srv.wg.Done()
+		waiting.Wait()
+		if failure != nil {
+			r.Complete(nil, failure)
+			return
+		}
+		r.Complete(reply, nil)
+	}()
+}
+
+func (s *session) unsubscribe(r *request, kind subKind, names [][]byte) {
+	verb := subVerbs[kind][1]
+	if len(names) == 0 {
+		for k := range s.subs {
+			if k.kind == kind {
+				names = append(names, []byte(k.name))
+			}
+		}
+	}
+	var reply []byte
+	if len(names) == 0 {
+		reply = redcon.AppendArray(reply, 3)
+		reply = redcon.AppendBulkString(reply, verb)
+		reply = redcon.AppendNull(reply)
+		reply = redcon.AppendInt(reply, int64(s.subCount(kind)))
+	}
+	for _, n := range names {
+		key := subKey{kind, string(n)}
+		if s.subs[key] {
+			delete(s.subs, key)
+			s.srv.hub.remove(s, key)
+		}
+		reply = appendSubReply(reply, verb, n, s.subCount(kind))
+	}
+	s.srv.metrics.PubSubSubscribers.Set(float64(s.srv.hub.clients()))
+	r.Complete(reply, nil)
+}
+
+// leavePubSub drops all of a departing client's subscriptions.
+func (s *session) leavePubSub() {
+	for k := range s.subs {
+		s.srv.hub.remove(s, k)
+	}
+	s.subs = nil
+	s.srv.metrics.PubSubSubscribers.Set(float64(s.srv.hub.clients()))
+}
+
+func appendSubReply(b []byte, verb string, name []byte, count int) []byte {
+	b = redcon.AppendArray(b, 3)
+	b = redcon.AppendBulkString(b, verb)
+	b = redcon.AppendBulk(b, name)
+	return redcon.AppendInt(b, int64(count))
+}
+
+// subscribedAllowed lists what RESP2 lets a subscribed client send.
+var subscribedAllowed = map[string]bool{
+	"subscribe": true, "psubscribe": true, "ssubscribe": true, "unsubscribe": true,
+	"punsubscribe": true, "sunsubscribe": true, "ping": true, "quit": true, "reset": true,
+}
+
+// subscribedPing is PING's reply in subscribed mode.
+func subscribedPing(args [][]byte) []byte {
+	b := redcon.AppendArray(nil, 2)
+	b = redcon.AppendBulkString(b, "pong")
+	if len(args) > 1 {
+		return redcon.AppendBulk(b, args[1])
+	}
+	return redcon.AppendBulkString(b, "")
+}
+
+func notAllowedSubscribed(name string) []byte {
+	return errReply("ERR Can't execute '" + name + "': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")
+}
+
+// add registers s for key and calls done once the upstream has confirmed
+// the subscription (at once if it already had). done must not block.
+func (h *hub) add(s *session, key subKey, done func(error)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if set := h.subs[key]; len(set) > 0 && len(h.pending[key]) == 0 {
+		set[s] = true
+		done(nil)
+		return
+	}
+	first := len(h.subs[key]) == 0 && len(h.pending[key]) == 0
+	h.pending[key] = append(h.pending[key], &pendingSub{s: s, done: done})
+	if first {
+		h.sendLocked(subVerbs[key.kind][0], key.name)
+	}
+	h.report()
+}
+
+// remove drops s's subscription to key, and the upstream's when s was the
+// last subscriber.
+func (h *hub) remove(s *session, key subKey) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	set := h.subs[key]
+	delete(set, s)
+	ps := h.pending[key]
+	for i, p := range ps {
+		if p.s == s {
+			h.pending[key] = append(ps[:i], ps[i+1:]...)
+			p.done(errSessionClosed)
+			break
+		}
+	}
+	if len(set) == 0 && len(h.pending[key]) == 0 {
+		delete(h.subs, key)
+		delete(h.pending, key)
+		h.sendLocked(subVerbs[key.kind][1], key.name)
+	}
+	h.report()
+}
+
+func (h *hub) clients() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	seen := map[*session]bool{}
+	for _, set := range h.subs {
+		for s := range set {
+			seen[s] = true
+		}
+	}
+	return len(seen)
+}
+
+func (h *hub) report() {
+	var n [3]int
+	for k := range h.subs {
+		n[k.kind]++
+	}
+	for kind, label := range []string{"channel", "pattern", "shard"} {
+		h.srv.metrics.PubSubChannels.WithLabelValues(label).Set(float64(n[kind]))
+	}
+}
+
+// sendLocked queues a command for the upstream subscriber connection,
+// starting the connection if it is not running. mu must be held.
+func (h *hub) sendLocked(verb, name string) {
+	if !h.running {
+		h.running = true
+		h.out = make(chan []byte, 4096)
+		h.srv.wg.Add(1)
+		go h.run(h.out)
+	}
+	cmd := resp.AppendCommand(nil, []byte(verb), []byte(name))
+	select {
+	case h.out <- cmd:
+	default:
+		// The upstream is not taking commands fast enough; fail the
+		// connection so it is rebuilt from h.subs, which already holds
+		// this change.
+		h.srv.log.Warn("pubsub: command queue full; reconnecting")
+		if h.nc != nil {
+			h.nc.Close()
+		}
+	}
+}
+
+// run owns the upstream subscriber connection: it dials, subscribes to
+// everything wanted, then writes commands and reads messages until the
+// connection fails, and starts over with backoff. It ends when funnel
+// shuts down.
+func (h *hub) run(out chan []byte) {
+	defer h.srv.wg.Done()
+	backoff := 50 * time.Millisecond
+	for {
+		if h.srv.isClosing() {
+			h.failAll(errors.New("funnel: proxy shutting down"))
+			return
+		}
+		err := h.serveOnce(out)
+		if h.srv.isClosing() {
+			h.failAll(errors.New("funnel: proxy shutting down"))
+			return
+		}
+		h.srv.log.Warn("pubsub upstream connection ended", "err", err)
+		h.failPending(err)
+		time.Sleep(backoff)
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// serveOnce runs one upstream subscriber connection.
+func (h *hub) serveOnce(out chan []byte) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	nc, err := h.srv.pool.Dial(ctx)
+	if err != nil {
+		return err
+	}
+	h.srv.metrics.UpstreamConns.WithLabelValues("pubsub").Inc()
+	defer h.srv.metrics.UpstreamConns.WithLabelValues("pubsub").Dec()
+	stop := make(chan struct{})
+	var once sync.Once
+	closeConn := func() { once.Do(func() { close(stop); nc.Close() }) }
+	defer closeConn()
+	go func() {
+		select {
+		case <-h.srv.closingCh:
+			closeConn()
+		case <-stop:
+		}
+	}()
+	// Subscribe to everything wanted, then drain queued commands: a stale
+	// one repeats a state already asked for, which Redis accepts.
+	h.mu.Lock()
+	h.nc = nc
+	var batch []byte
+	for k := range h.subs {
+		batch = resp.AppendCommand(batch, []byte(subVerbs[k.kind][0]), []byte(k.name))
+	}
+	h.mu.Unlock()
+	writeErr := make(chan error, 1)
+	go func() {
+		bw := bufio.NewWriter(nc)
+		_, err := bw.Write(batch)
+		for err == nil {
+			if err = bw.Flush(); err != nil {
+				break
+			}
+			select {
+			case cmd := <-out:
+				_, err = bw.Write(cmd)
+			case <-stop:
+				err = errors.New("closed")
+			}
+		}
+		writeErr <- err
+		closeConn()
+	}()
+	rerr := h.readLoop(nc)
+	closeConn()
+	h.mu.Lock()
+	h.nc = nil
+	h.mu.Unlock()
+	<-writeErr
+	return rerr
+}
+
+// readLoop reads confirmations and messages from the subscriber connection.
+func (h *hub) readLoop(nc interface{ Read([]byte) (int, error) }) error {
+	buf := make([]byte, 16<<10)
+	start, end := 0, 0
+	var scan resp.ReplyScanner
+	for {
+		n, err := scan.Scan(buf[start:end])
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			h.dispatch(buf[start : start+n])
+			start += n
+			continue
+		}
+		if start > 0 {
+			end = copy(buf, buf[start:end])
+			start = 0
+		}
+		if end == len(buf) {
+			buf = append(buf, make([]byte, len(buf))...)
+		}
+		m, err := nc.Read(buf[end:])
+		end += m
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// dispatch handles one reply from the subscriber connection.
+func (h *hub) dispatch(raw []byte) {
+	parts := splitArray(raw)
+	if len(parts) < 3 {
+		return
+	}
+	verb := strings.ToLower(string(parts[0]))
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch verb {
+	case "subscribe", "psubscribe", "ssubscribe":
+		kind, _ := kindOf(verb)
+		key := subKey{kind, string(parts[1])}
+		set := h.subs[key]
+		if set == nil {
+			set = map[*session]bool{}
+			h.subs[key] = set
+		}
+		for _, p := range h.pending[key] {
+			set[p.s] = true
+			p.done(nil)
+		}
+		delete(h.pending, key)
+	case "message", "smessage":
+		kind := kindChannel
+		if verb == "smessage" {
+			kind = kindShard
+		}
+		h.deliverLocked(subKey{kind, string(parts[1])}, raw)
+	case "pmessage":
+		h.deliverLocked(subKey{kindPattern, string(parts[1])}, raw)
+	}
+}
+
+// deliverLocked copies a message to every subscriber of key.
+func (h *hub) deliverLocked(key subKey, raw []byte) {
+	for s := range h.subs[key] {
+		s.push(raw)
+		h.srv.metrics.PubSubMessages.Inc()
+	}
+}
+
+// failPending fails subscriptions still waiting for a confirmation.
+func (h *hub) failPending(err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ferr := errors.New("funnel: pub/sub upstream unavailable (" + err.Error() + ")")
+	for key, ps := range h.pending {
+		for _, p := range ps {
+			p.done(ferr)
+		}
+		delete(h.pending, key)
+		if len(h.subs[key]) == 0 {
+			delete(h.subs, key)
+		}
+	}
+}
+
+func (h *hub) failAll(err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for key, ps := range h.pending {
+		for _, p := range ps {
+			p.done(err)
+		}
+		delete(h.pending, key)
+	}
+}
+
+// push queues a message for the client without waiting: a subscriber whose
+// queue is full is too slow and is cut off, as Redis cuts off a pub/sub
+// client over its output buffer limit.
+func (s *session) push(raw []byte) {
+	r := newRequest(s, nil)
+	r.route = "pubsub"
+	r.Complete(raw, nil)
+	select {
+	case s.queue <- r:
+	default:
+		s.kill("pubsub_output_limit")
+	}
+}
+
+// splitArray returns the elements of a flat RESP array of bulk strings or
+// integers, as raw text.
+func splitArray(raw []byte) [][]byte {
+	if len(raw) == 0 || raw[0] != '*' {
+		return nil
+	}
+	i := strings.Index(string(raw), "\r\n")
+	n, err := strconv.Atoi(string(raw[1:i]))
+	if err != nil {
+		return nil
+	}
+	raw = raw[i+2:]
+	out := make([][]byte, 0, n)
+	for ; n > 0 && len(raw) > 0; n-- {
+		j := strings.Index(string(raw), "\r\n")
+		if j < 0 {
+			return nil
+		}
+		switch raw[0] {
+		case '$':
+			l, err := strconv.Atoi(string(raw[1:j]))
+			if err != nil || l < 0 || j+2+l > len(raw) {
+				return nil
+			}
+			out = append(out, raw[j+2:j+2+l])
+			raw = raw[min(j+4+l, len(raw)):]
+		default:
+			out = append(out, raw[1:j])
+			raw = raw[j+2:]
+		}
+	}
+	return out
+}
