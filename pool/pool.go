@@ -111,6 +111,9 @@ func (p *Pool) Timeout() time.Duration { return p.opts.Timeout }
 // Lane returns the pool's exclusive lane.
 func (p *Pool) Lane() *Lane { return p.lane }
 
+// Options returns the options the pool was made with, defaults filled in.
+func (p *Pool) Options() Options { return p.opts }
+
 // Upstream returns where the pool connects.
 func (p *Pool) Upstream() Upstream { return p.upstream }
 

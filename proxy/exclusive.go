@@ -118,7 +118,7 @@ func (s *session) waitIdle() bool {
 
 // borrow leases an exclusive connection, waiting until ctx ends.
 func (s *session) borrow(ctx context.Context) (*lease, error) {
-	lane := s.srv.pool.Lane()
+	lane := s.pool.Lane()
 	c, err := lane.Borrow(ctx)
 	if err != nil {
 		return nil, err
@@ -214,7 +214,7 @@ func (s *session) forwardEnding(r *request, reply []byte) {
 	s.lease = nil
 	s.sticky, s.stickyLease = l.conn, l
 	r.lease = l
-	s.srv.pool.Submit(s.ctx(), l.conn, &r.Request)
+	s.pool.Submit(s.ctx(), l.conn, &r.Request)
 }
 
 // endExclusive gives up the client's exclusive connection when it leaves:

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/funnel-proxy/funnel/pool"
 	"github.com/funnel-proxy/funnel/resp"
 	"github.com/tidwall/redcon"
 )
@@ -76,6 +77,12 @@ func cmdReset(s *session, r *request, args [][]byte) {
 	s.setAuthed(s.srv.opts.RequirePass == "")
 	s.multi = nil
 	s.leavePubSub()
+	if s.pool != s.srv.pool && s.lease == nil && s.waitIdle() {
+		s.db, s.pool, s.sticky, s.stickyLease = s.srv.pool.Upstream().DB, s.srv.pool, nil, nil
+		s.info.mu.Lock()
+		s.info.db = s.db
+		s.info.mu.Unlock()
+	}
 	s.endWatch(r, []byte("+RESET\r\n"))
 }
 
@@ -194,20 +201,57 @@ func cmdHello(s *session, r *request, args [][]byte) {
 	})
 }
 
-// cmdSelect accepts the db funnel serves, the upstream URL's.
+// cmdSelect switches the client to another db. Commands in the URL's db go
+// through the main pool; another db gets a pool of its own, made on first
+// use and dialed lazily like the main one (so a db used by one client at a
+// time costs one upstream connection). Funnel waits until the client has
+// nothing in flight, so no command overtakes the switch, and asks the
+// upstream once, so an index out of range gets Redis's own answer.
 func cmdSelect(s *session, r *request, args [][]byte) {
 	db, err := strconv.Atoi(string(args[1]))
 	switch {
 	case err != nil:
 		r.Complete(errReply("ERR value is not an integer or out of range"), nil)
+		return
 	case db < 0:
 		r.Complete(errReply("ERR DB index is out of range"), nil)
-	case db != s.srv.pool.Upstream().DB:
-		s.srv.metrics.Errors.WithLabelValues("refused").Inc()
-		msg := "ERR funnel: SELECT " + strconv.Itoa(db) + " is not supported through the proxy; it serves db " +
-			strconv.Itoa(s.srv.pool.Upstream().DB) + ", the upstream URL's"
-		r.Complete(errReply(msg), nil)
+		return
+	case db == s.db:
+		r.Complete(replyOK, nil)
+		return
+	}
+	if s.lease != nil {
+		// Redis allows SELECT inside a WATCH span; funnel would need the
+		// watching connection in both dbs.
+		r.Complete(errReply("ERR funnel: SELECT inside a WATCH span is not supported through the proxy"), nil)
+		return
+	}
+	p := s.srv.poolFor(db)
+	if p == nil {
+		r.Complete(errReply("ERR funnel: too many dbs in use (at most "+strconv.Itoa(maxDBPools)+")"), nil)
+		return
+	}
+	if !s.waitIdle() {
+		r.Complete(nil, errSessionClosed)
+		return
+	}
+	done := fetchReply{ch: make(chan fetchResult, 1)}
+	s.srv.counters("select").upstream.Inc()
+	s.srv.stats.upstreamCommands.Add(1)
+	p.Submit(s.ctx(), p.Pick(), &pool.Request{Raw: r.Raw, Done: done})
+	res := <-done.ch
+	switch {
+	case res.err != nil && strings.Contains(res.err.Error(), "DB index is out of range"):
+		r.Complete(errReply("ERR DB index is out of range"), nil)
+	case res.err != nil:
+		r.Complete(nil, res.err)
+	case string(res.reply) != "+OK\r\n":
+		r.Complete(res.reply, nil)
 	default:
+		s.db, s.pool, s.sticky, s.stickyLease = db, p, nil, nil
+		s.info.mu.Lock()
+		s.info.db = db
+		s.info.mu.Unlock()
 		r.Complete(replyOK, nil)
 	}
 }

@@ -142,7 +142,7 @@ func cmdWatch(s *session, r *request, args [][]byte) {
 			r.Complete(nil, errSessionClosed)
 			return
 		}
-		ctx, cancel := s.deadlineCtx(s.srv.pool.Timeout(), false)
+		ctx, cancel := s.deadlineCtx(s.pool.Timeout(), false)
 		l, err := s.borrow(ctx)
 		cancel()
 		if err != nil {

@@ -83,7 +83,8 @@ type Server struct {
 	version      atomic.Pointer[string]
 	byCommand    sync.Map // command name -> *commandCounters
 	hub          *hub
-	closingCh    chan struct{} // closed when Shutdown begins
+	dbPools      map[int]*pool.Pool // pools for dbs other than the URL's, made on first SELECT; guarded by mu
+	closingCh    chan struct{}      // closed when Shutdown begins
 	stats        struct{ clientCommands, upstreamCommands, localReplies atomic.Int64 }
 }
 
@@ -96,6 +97,7 @@ func New(p *pool.Pool, opts Options) *Server {
 		sessions:  map[int64]*session{},
 		listeners: map[net.Listener]bool{},
 		closingCh: make(chan struct{}),
+		dbPools:   map[int]*pool.Pool{},
 	}
 	srv.hub = newHub(srv)
 	for _, d := range opts.Deny {
@@ -174,6 +176,31 @@ func (srv *Server) accept(conn net.Conn) {
 	}()
 }
 
+// maxDBPools bounds how many other-db pools a funnel makes.
+const maxDBPools = 64
+
+// poolFor returns the pool serving db: the main pool for the URL's db, or a
+// pool of its own for another, made on first use. It returns nil when too
+// many dbs are in use.
+func (srv *Server) poolFor(db int) *pool.Pool {
+	if db == srv.pool.Upstream().DB {
+		return srv.pool
+	}
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if p := srv.dbPools[db]; p != nil {
+		return p
+	}
+	if len(srv.dbPools) >= maxDBPools {
+		return nil
+	}
+	up := srv.pool.Upstream()
+	up.DB = db
+	p := pool.New(up, srv.pool.Options())
+	srv.dbPools[db] = p
+	return p
+}
+
 func (srv *Server) isClosing() bool {
 	select {
 	case <-srv.closingCh:
@@ -221,9 +248,9 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 	srv.mu.Unlock()
 	done := make(chan struct{})
 	go func() { srv.wg.Wait(); close(done) }()
+	var err error
 	select {
 	case <-done:
-		return nil
 	case <-ctx.Done():
 		srv.mu.Lock()
 		for _, s := range srv.sessions {
@@ -231,6 +258,16 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 		}
 		srv.mu.Unlock()
 		<-done
-		return ctx.Err()
+		err = ctx.Err()
 	}
+	// The pools for other dbs are the server's own; the main one is the
+	// caller's to close.
+	srv.mu.Lock()
+	pools := srv.dbPools
+	srv.dbPools = map[int]*pool.Pool{}
+	srv.mu.Unlock()
+	for _, p := range pools {
+		p.Close(ctx)
+	}
+	return err
 }

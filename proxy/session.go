@@ -57,6 +57,9 @@ type session struct {
 	// subs are the client's pub/sub subscriptions; any puts it in
 	// subscribed mode.
 	subs map[subKey]bool
+	// db is the client's selected db, and pool the pool that serves it.
+	db   int
+	pool *pool.Pool
 
 	// Client state, owned by the reader goroutine; info guards what
 	// CLIENT LIST reads from other sessions.
@@ -76,6 +79,8 @@ func newSession(srv *Server, conn net.Conn, id int64) *session {
 		dead:  make(chan struct{}),
 	}
 	s.authed = srv.opts.RequirePass == ""
+	s.pool, s.db = srv.pool, srv.pool.Upstream().DB
+	s.info.db = s.db
 	s.info.init(conn, id)
 	s.reader = resp.NewRequestReader(conn, s.limits())
 	return s
@@ -304,12 +309,12 @@ func (s *session) forward(r *request) {
 		conn = s.lease.conn
 		r.lease = s.lease
 	case n == 1 || s.sticky == nil:
-		s.sticky, s.stickyLease = s.srv.pool.Pick(), nil
+		s.sticky, s.stickyLease = s.pool.Pick(), nil
 		conn = s.sticky
 	default:
 		r.lease = s.stickyLease
 	}
-	s.srv.pool.Submit(s.ctx(), conn, &r.Request)
+	s.pool.Submit(s.ctx(), conn, &r.Request)
 }
 
 // ctx returns a context that ends when the session dies.
