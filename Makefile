@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/funnel-proxy/funnel/proxy.Version=$(VERSION)
 IMAGE   ?= funnel:$(VERSION)
 
-.PHONY: all build test deps run bench bench-redis lint fuzz gen docker clean
+.PHONY: all build test deps node-deps run bench bench-redis lint fuzz gen docker clean
 
 all: build
 
@@ -16,7 +16,11 @@ build:
 deps:
 	@scripts/deps.sh
 
-test: deps
+# node-deps installs the exact client versions of compat/node/package-lock.json.
+node-deps:
+	cd compat/node && npm ci --no-audit --no-fund --loglevel=error
+
+test: deps node-deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 15m ./...
 
