@@ -36,6 +36,9 @@ type config struct {
 	clientWriteTimeout time.Duration
 	infoTTL            time.Duration
 	pprof              bool
+	maxExclusive       int
+	exclusiveIdle      time.Duration
+	maxMultiBytes      int
 }
 
 func (c *config) limits() resp.Limits {
@@ -74,6 +77,9 @@ func parseConfig(args []string, out io.Writer, getenv func(string) string) (*con
 	fs.Int64Var(&c.clientOutputLimit, "client-output-limit", 512<<20, "reply bytes held for a client that does not read them before it is closed")
 	fs.DurationVar(&c.clientWriteTimeout, "client-write-timeout", 30*time.Second, "longest a write to a client may block before it is closed")
 	fs.DurationVar(&c.infoTTL, "info-ttl", 5*time.Second, "how long the upstream's INFO reply is reused")
+	fs.IntVar(&c.maxExclusive, "max-exclusive", 32, "exclusive upstream connections for blocking commands and WATCH spans")
+	fs.DurationVar(&c.exclusiveIdle, "exclusive-idle-timeout", 60*time.Second, "how long an unused exclusive connection stays open")
+	fs.IntVar(&c.maxMultiBytes, "max-multi-bytes", 64<<20, "largest transaction buffered between MULTI and EXEC, in bytes")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve Go profiles at /debug/pprof/ on the metrics address")
 	fs.VisitAll(func(f *pflag.Flag) {
 		f.Usage += " [$" + envName(f.Name) + "]"
@@ -114,6 +120,8 @@ func parseConfig(args []string, out io.Writer, getenv func(string) string) (*con
 		return nil, errors.New("--pool-size must be at least 1")
 	case c.maxClients < 1:
 		return nil, errors.New("--max-clients must be at least 1")
+	case c.maxExclusive < 1:
+		return nil, errors.New("--max-exclusive must be at least 1")
 	case c.protoMaxBulkLen < 1:
 		return nil, errors.New("--proto-max-bulk-len must be positive")
 	}

@@ -62,13 +62,14 @@ func run(ctx context.Context, args []string, stdout io.Writer, getenv func(strin
 
 	p := pool.New(upstream, pool.Options{
 		Size: cfg.poolSize, Timeout: cfg.upstreamTimeout, DialTimeout: cfg.dialTimeout,
+		MaxExclusive: cfg.maxExclusive, ExclusiveIdle: cfg.exclusiveIdle,
 		Logger: log, Metrics: m,
 	})
 	srv := proxy.New(p, proxy.Options{
 		MaxClients: cfg.maxClients, RequirePass: cfg.requirePass, Deny: cfg.deny,
 		Limits:            cfg.limits(),
 		ClientOutputLimit: cfg.clientOutputLimit, ClientWriteTimeout: cfg.clientWriteTimeout,
-		InfoTTL: cfg.infoTTL, Logger: log, Metrics: m,
+		InfoTTL: cfg.infoTTL, MaxMultiBytes: cfg.maxMultiBytes, Logger: log, Metrics: m,
 	})
 
 	ln, err := listen(cfg.listen)
