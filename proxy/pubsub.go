@@ -129,11 +129,27 @@ func (s *session) subscribe(r *request, kind subKind, names [][]byte) {
 		})
 	}
 	s.srv.metrics.PubSubSubscribers.Set(float64(s.srv.hub.clients()))
-	// Answer once the upstream has confirmed every subscription.
-	s.srv.wg.Add(1)
+	// Answer once the upstream has confirmed every subscription, or with an
+	// error after the upstream timeout.
+	confirmed := make(chan struct{})
+	s.srv.wg.Add(2)
 	go func() {
 		defer s.srv.wg.Done()
 		waiting.Wait()
+		close(confirmed)
+	}()
+	go func() {
+		defer s.srv.wg.Done()
+		timer := time.NewTimer(s.pool.Timeout())
+		defer timer.Stop()
+		select {
+		case <-confirmed:
+		case <-timer.C:
+			r.Complete(nil, errors.New("funnel: upstream did not confirm the subscription in time"))
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
 		if failure != nil {
 			r.Complete(nil, failure)
 			return

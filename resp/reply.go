@@ -117,18 +117,24 @@ func (s *ReplyScanner) fail(buf []byte, what string) error {
 	return err
 }
 
-// parseLen parses a RESP length: a decimal integer, -1 for null, or larger.
+// parseLen parses a RESP length: a decimal integer, or -1 for null.
 func parseLen(b []byte) (int, bool) {
-	if len(b) == 0 || len(b) > 18 {
+	n, ok := parseDecimal(b, 18)
+	if !ok || n < -1 {
 		return 0, false
 	}
-	neg := false
-	if b[0] == '-' {
-		neg = true
+	return n, true
+}
+
+// parseDecimal parses an optionally negative decimal integer of at most
+// maxDigits digits, the form of every RESP length and count.
+func parseDecimal(b []byte, maxDigits int) (int, bool) {
+	neg := len(b) > 0 && b[0] == '-'
+	if neg {
 		b = b[1:]
-		if len(b) == 0 {
-			return 0, false
-		}
+	}
+	if len(b) == 0 || len(b) > maxDigits {
+		return 0, false
 	}
 	n := 0
 	for _, c := range b {
@@ -138,10 +144,7 @@ func parseLen(b []byte) (int, bool) {
 		n = n*10 + int(c-'0')
 	}
 	if neg {
-		if n != 1 {
-			return 0, false
-		}
-		return -1, true
+		return -n, true
 	}
 	return n, true
 }

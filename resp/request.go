@@ -204,25 +204,7 @@ func parseCount(b []byte) (int, bool) {
 	if len(b) < 2 || b[len(b)-2] != '\r' {
 		return 0, false
 	}
-	b = b[:len(b)-2]
-	neg := len(b) > 0 && b[0] == '-'
-	if neg {
-		b = b[1:]
-	}
-	if len(b) == 0 || len(b) > 10 {
-		return 0, false
-	}
-	n := 0
-	for _, c := range b {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		n = n*10 + int(c-'0')
-	}
-	if neg {
-		return -n, true
-	}
-	return n, true
+	return parseDecimal(b[:len(b)-2], 10)
 }
 
 func (r *RequestReader) parseInline() (Command, bool, error) {
