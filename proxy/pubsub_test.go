@@ -10,6 +10,7 @@ import (
 
 	"github.com/funnel-proxy/funnel/internal/redistest"
 	"github.com/funnel-proxy/funnel/pool"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -183,4 +184,45 @@ func TestPubSubResubscribesAfterReconnect(t *testing.T) {
 	if err != nil || msg.Payload != "back" {
 		t.Fatalf("after reconnect: %v %v", msg, err)
 	}
+}
+
+// TestSlowSubscriberIsCutOff publishes large messages to a subscriber that
+// reads nothing: it is closed once its backlog passes the cap, and a
+// subscriber that reads keeps getting every message.
+func TestSlowSubscriberIsCutOff(t *testing.T) {
+	f := startFunnel(t, Options{MaxPipeline: 16, ClientOutputLimit: 2 << 20}, pool.Options{})
+	slow := dialRaw(t, f.Addr)
+	slow.do("SUBSCRIBE", "big")
+	ctx := context.Background()
+	good := redis.NewClient(&redis.Options{Addr: f.Addr, PoolSize: 1})
+	defer good.Close()
+	ps := good.Subscribe(ctx, "big")
+	defer ps.Close()
+	if _, err := ps.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	msgs := ps.Channel(redis.WithChannelSize(1000))
+	pub := f.client(t)
+	payload := strings.Repeat("p", 64<<10)
+	for i := 0; i < 200; i++ {
+		if err := pub.Publish(ctx, "big", payload).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 200; i++ {
+		select {
+		case m := <-msgs:
+			if len(m.Payload) != len(payload) {
+				t.Fatalf("message %d: %d bytes", i, len(m.Payload))
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("reading subscriber got %d of 200 messages", i)
+		}
+	}
+	closed := testutil.ToFloat64(f.Metrics.ClientsClosed.WithLabelValues("pubsub_output_limit")) +
+		testutil.ToFloat64(f.Metrics.ClientsClosed.WithLabelValues("output_limit"))
+	if closed != 1 {
+		t.Fatalf("%v slow subscribers closed, want 1", closed)
+	}
+	expectClosed(t, slow)
 }

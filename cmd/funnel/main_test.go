@@ -260,3 +260,37 @@ func TestConfigErrors(t *testing.T) {
 		t.Errorf("--help: %v %s", err, out.String())
 	}
 }
+
+// TestUnixSocketListen serves clients on a unix socket path.
+func TestUnixSocketListen(t *testing.T) {
+	rs := redistest.Start(t)
+	sock := t.TempDir() + "/funnel.sock"
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--listen", sock, "--metrics-listen", ""}, io.Discard,
+			func(k string) string { return map[string]string{"REDIS_URL": "redis://" + rs.Addr}[k] })
+	}()
+	rdb := redis.NewClient(&redis.Options{Network: "unix", Addr: sock, MaxRetries: 20})
+	defer rdb.Close()
+	var err error
+	for i := 0; i < 100; i++ {
+		if err = rdb.Set(context.Background(), "u", "1", 0).Err(); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rdb.ClientInfo(context.Background()).Val(); got == nil || got.Addr != "/unix" {
+		t.Errorf("CLIENT INFO addr over a unix socket: %+v", got)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("socket file left behind: %v", err)
+	}
+}
