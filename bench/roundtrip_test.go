@@ -7,8 +7,8 @@ import (
 	"net"
 	"testing"
 
-	"github.com/funnel-proxy/funnel/internal/redistest"
 	"github.com/funnel-proxy/funnel/internal/funneltest"
+	"github.com/funnel-proxy/funnel/internal/redistest"
 	"github.com/funnel-proxy/funnel/pool"
 	"github.com/funnel-proxy/funnel/proxy"
 )
