@@ -3,6 +3,7 @@
 package metrics
 
 import (
+	"github.com/funnel-proxy/funnel/cache"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -25,11 +26,15 @@ type Metrics struct {
 	PubSubChannels    *prometheus.GaugeVec // by kind: channel, pattern, shard
 	PubSubSubscribers prometheus.Gauge
 	PubSubMessages    prometheus.Counter
+
+	reg          prometheus.Registerer
+	cacheWatched bool
 }
 
 // New makes the collectors and registers them on reg.
 func New(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
+		reg: reg,
 		ClientCommands: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "funnel_client_commands_total", Help: "Commands received from clients, by command.",
 		}, []string{"command"}),
@@ -85,4 +90,29 @@ func New(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.ClientCommands, m.UpstreamCommands, m.LocalReplies, m.ClientConnections,
 		m.ClientsAccepted, m.ClientsClosed, m.UpstreamConns, m.UpstreamDials, m.InFlight, m.Errors, m.Latency)
 	return m
+}
+
+// WatchCache exports the cache's counters, read when scraped. Only the
+// first call registers; later ones (a second server on one registry in
+// tests) are ignored.
+func (m *Metrics) WatchCache(stats func() cache.Stats) {
+	if m.cacheWatched {
+		return
+	}
+	m.cacheWatched = true
+	counter := func(name, help string, get func(cache.Stats) int64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(get(stats())) })
+	}
+	gauge := func(name, help string, get func(cache.Stats) int64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return float64(get(stats())) })
+	}
+	m.reg.MustRegister(
+		counter("funnel_cache_hits_total", "Reads answered from the cache.", func(s cache.Stats) int64 { return s.Hits }),
+		counter("funnel_cache_misses_total", "Cacheable or coalescable reads sent upstream.", func(s cache.Stats) int64 { return s.Misses }),
+		counter("funnel_cache_joined_total", "Reads that joined an identical read in flight.", func(s cache.Stats) int64 { return s.Joins }),
+		counter("funnel_cache_dropped_fills_total", "Replies not cached because a write to their keys was sent while they were in flight.", func(s cache.Stats) int64 { return s.DroppedFills }),
+		counter("funnel_cache_evictions_total", "Entries evicted to stay within --cache-max-bytes.", func(s cache.Stats) int64 { return s.Evictions }),
+		gauge("funnel_cache_bytes", "Bytes held by cached replies.", func(s cache.Stats) int64 { return s.Bytes }),
+		gauge("funnel_cache_entries", "Cached replies.", func(s cache.Stats) int64 { return s.Entries }),
+	)
 }

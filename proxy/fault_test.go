@@ -53,13 +53,24 @@ func TestUpstreamKilledWhileClientsPipeline(t *testing.T) {
 				}
 				cmds, _ := pipe.Exec(ctx)
 				mu.Lock()
-				for _, cmd := range cmds {
-					switch err := cmd.Err(); {
+				// Each GET follows its SET: it must read that SET's value
+				// unless the SET failed (a funnel error), after which it may
+				// find nothing on a restarted upstream.
+				setFailed := false
+				for j, cmd := range cmds {
+					err := cmd.Err()
+					switch {
+					case err == nil && j%2 == 1 && !setFailed && cmd.(*redis.StringCmd).Val() != fmt.Sprint(i):
+						bad = append(bad, fmt.Sprintf("GET after SET %d read %q", i, cmd.(*redis.StringCmd).Val()))
 					case err == nil:
 					case isFunnelError(err):
 						funnelErrors++
+					case errors.Is(err, redis.Nil) && setFailed:
 					default:
 						bad = append(bad, err.Error())
+					}
+					if j%2 == 0 {
+						setFailed = err != nil
 					}
 				}
 				mu.Unlock()

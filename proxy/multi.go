@@ -13,9 +13,10 @@ import (
 // MULTI ... EXEC as one contiguous batch on one upstream connection, so no
 // other client's command can land inside it.
 type multiState struct {
-	raw    []byte   // MULTI and the queued commands, in RESP
-	names  []string // queued command names, for metrics
-	failed bool     // a queued command was rejected: EXEC answers EXECABORT
+	raw    []byte        // MULTI and the queued commands, in RESP
+	names  []string      // queued command names, for metrics
+	writes []queuedWrite // what the queued commands write, for the cache
+	failed bool          // a queued command was rejected: EXEC answers EXECABORT
 }
 
 var (
@@ -51,6 +52,9 @@ func (s *session) queueInMulti(r *request, info *command.Info, name string, args
 	default:
 		m.raw = append(m.raw, r.Raw...)
 		m.names = append(m.names, name)
+		if s.srv.cache != nil {
+			m.writes = append(m.writes, queuedWrite{info: info, args: copyArgs(args)})
+		}
 		r.Complete(replyQueue, nil)
 	}
 }
@@ -91,6 +95,9 @@ func cmdExec(s *session, r *request, args [][]byte) {
 		// Redis forgets WATCHed keys on EXECABORT too.
 		s.endWatch(r, execAbort)
 		return
+	}
+	for _, w := range m.writes {
+		s.invalidate(w.info, w.args)
 	}
 	s.srv.counters("multi").upstream.Inc()
 	for _, name := range m.names {
@@ -160,4 +167,19 @@ func cmdUnwatch(s *session, r *request, args [][]byte) {
 		return
 	}
 	s.forwardEnding(r, nil)
+}
+
+// queuedWrite is a queued command kept for invalidation at EXEC.
+type queuedWrite struct {
+	info *command.Info
+	args [][]byte
+}
+
+// copyArgs copies args out of the reader's buffer.
+func copyArgs(args [][]byte) [][]byte {
+	out := make([][]byte, len(args))
+	for i, a := range args {
+		out[i] = append([]byte(nil), a...)
+	}
+	return out
 }

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/funnel-proxy/funnel/cache"
 	"github.com/funnel-proxy/funnel/pool"
 )
 
@@ -36,6 +37,8 @@ type request struct {
 	override []byte
 	// unwrapExec takes the one reply out of an EXEC reply (see lastChance).
 	unwrapExec bool
+	// flight is the cache flight r leads: others may be waiting on its reply.
+	flight *cache.Flight
 
 	rawBuf []byte // reusable storage for Raw
 }
@@ -73,6 +76,11 @@ func (r *request) release() {
 // error, and wakes the session's writer.
 func (r *request) Complete(reply []byte, err error) {
 	s := r.s
+	if r.flight != nil {
+		// Joiners get the reply, and the cache may keep it; before r is
+		// marked done, since reply may be r's to reuse after that.
+		s.srv.cache.Finish(r.flight, reply, err, time.Now())
+	}
 	if err != nil {
 		r.err = err
 	} else {

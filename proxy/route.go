@@ -98,6 +98,10 @@ func (s *session) route(cmd resp.Command) *request {
 		h(s, r, cmd.Args)
 		return r
 	}
+	if s.tryCache(r, info, cmd.Args) {
+		return r
+	}
+	s.invalidate(info, cmd.Args)
 	if isBlocking(info, cmd.Args) {
 		r.route = "exclusive"
 		s.forwardBlocking(r, info, cmd.Args)

@@ -6,6 +6,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/funnel-proxy/funnel/cache"
 	"github.com/funnel-proxy/funnel/metrics"
 	"github.com/funnel-proxy/funnel/pool"
 	"github.com/funnel-proxy/funnel/resp"
@@ -32,6 +34,11 @@ type Options struct {
 	ClientWriteTimeout time.Duration // longest a reply write may block (default 30s)
 	InfoTTL            time.Duration // how long an upstream INFO reply is reused (default 5s)
 	MaxMultiBytes      int           // largest transaction funnel buffers between MULTI and EXEC (default 64 MiB)
+	DisableCoalesce    bool          // do not merge identical reads in flight
+	CacheRules         []CacheRule   // which keys' reads are cached, and for how long
+	CacheScripts       []string      // SHA1s of scripts that only read (cacheable EVAL/EVALSHA)
+	CacheMaxBytes      int64         // cache memory bound (default 64 MiB)
+	CacheMaxValue      int           // largest reply cached (default 1 MiB)
 	Logger             *slog.Logger
 	Metrics            *metrics.Metrics
 }
@@ -55,6 +62,12 @@ func (o *Options) setDefaults() {
 	if o.MaxMultiBytes <= 0 {
 		o.MaxMultiBytes = 64 << 20
 	}
+	if o.CacheMaxBytes <= 0 {
+		o.CacheMaxBytes = 64 << 20
+	}
+	if o.CacheMaxValue <= 0 {
+		o.CacheMaxValue = 1 << 20
+	}
 	if o.InfoTTL <= 0 {
 		o.InfoTTL = 5 * time.Second
 	}
@@ -76,16 +89,18 @@ type Server struct {
 	listeners map[net.Listener]bool
 	closing   bool
 
-	nextID       atomic.Int64
-	wg           sync.WaitGroup // sessions and fetches
-	infoCache    replyCache
-	commandCache replyCache
-	version      atomic.Pointer[string]
-	byCommand    sync.Map // command name -> *commandCounters
-	hub          *hub
-	dbPools      map[int]*pool.Pool // pools for dbs other than the URL's, made on first SELECT; guarded by mu
-	closingCh    chan struct{}      // closed when Shutdown begins
-	stats        struct{ clientCommands, upstreamCommands, localReplies atomic.Int64 }
+	nextID          atomic.Int64
+	wg              sync.WaitGroup // sessions and fetches
+	infoCache       replyCache
+	commandCache    replyCache
+	version         atomic.Pointer[string]
+	byCommand       sync.Map // command name -> *commandCounters
+	hub             *hub
+	dbPools         map[int]*pool.Pool // pools for dbs other than the URL's, made on first SELECT; guarded by mu
+	cache           *cache.Cache       // nil when neither coalescing nor caching is on
+	readOnlyScripts map[string]bool    // lower-case SHA1s
+	closingCh       chan struct{}      // closed when Shutdown begins
+	stats           struct{ clientCommands, upstreamCommands, localReplies atomic.Int64 }
 }
 
 // New returns a server that sends upstream work to p.
@@ -100,6 +115,16 @@ func New(p *pool.Pool, opts Options) *Server {
 		dbPools:   map[int]*pool.Pool{},
 	}
 	srv.hub = newHub(srv)
+	srv.readOnlyScripts = map[string]bool{}
+	for _, sha := range opts.CacheScripts {
+		srv.readOnlyScripts[strings.ToLower(strings.TrimSpace(sha))] = true
+	}
+	if !opts.DisableCoalesce || len(opts.CacheRules) > 0 {
+		srv.cache = cache.New(opts.CacheMaxBytes, opts.CacheMaxValue)
+		if opts.Metrics != nil {
+			opts.Metrics.WatchCache(srv.cache.Stats)
+		}
+	}
 	for _, d := range opts.Deny {
 		srv.denied[strings.ToLower(strings.ReplaceAll(strings.TrimSpace(d), " ", "|"))] = true
 	}
@@ -175,6 +200,8 @@ func (srv *Server) accept(conn net.Conn) {
 		srv.metrics.ClientConnections.Dec()
 	}()
 }
+
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
 
 // maxDBPools bounds how many other-db pools a funnel makes.
 const maxDBPools = 64

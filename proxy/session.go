@@ -296,25 +296,28 @@ func (s *session) countUpstream(r *request) {
 	s.srv.metrics.InFlight.Inc()
 }
 
-// forward sends r upstream on the connection the ordering rule allows: the
+// forward sends r upstream on the connection the ordering rule allows.
+func (s *session) forward(r *request) {
+	s.countUpstream(r)
+	s.pool.Submit(s.ctx(), s.nextConn(r), &r.Request)
+}
+
+// nextConn returns the connection r must go on and counts r in flight: the
 // client's exclusive connection if it holds one; else, while any of its
 // requests are in flight, the connection they are on; else any shared one,
 // since Redis has already answered everything the client sent before.
-func (s *session) forward(r *request) {
-	s.countUpstream(r)
+func (s *session) nextConn(r *request) *pool.Conn {
 	n := s.upInFlight.Add(1)
-	conn := s.sticky
 	switch {
 	case s.lease != nil:
-		conn = s.lease.conn
 		r.lease = s.lease
+		return s.lease.conn
 	case n == 1 || s.sticky == nil:
 		s.sticky, s.stickyLease = s.pool.Pick(), nil
-		conn = s.sticky
 	default:
 		r.lease = s.stickyLease
 	}
-	s.pool.Submit(s.ctx(), conn, &r.Request)
+	return s.sticky
 }
 
 // ctx returns a context that ends when the session dies.

@@ -218,5 +218,5 @@ func (srv *Server) funnelInfo() []byte {
 	line("funnel_client_commands", srv.stats.clientCommands.Load())
 	line("funnel_upstream_commands", srv.stats.upstreamCommands.Load())
 	line("funnel_local_replies", srv.stats.localReplies.Load())
-	return b
+	return srv.cacheInfo(b)
 }

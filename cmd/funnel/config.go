@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/funnel-proxy/funnel/proxy"
 	"github.com/funnel-proxy/funnel/resp"
 	"github.com/spf13/pflag"
 )
@@ -39,6 +40,12 @@ type config struct {
 	maxExclusive       int
 	exclusiveIdle      time.Duration
 	maxMultiBytes      int
+	coalesce           bool
+	cache              []string
+	cacheRules         []proxy.CacheRule
+	cacheScripts       []string
+	cacheMaxBytes      int64
+	cacheMaxValue      int
 }
 
 func (c *config) limits() resp.Limits {
@@ -80,6 +87,11 @@ func parseConfig(args []string, out io.Writer, getenv func(string) string) (*con
 	fs.IntVar(&c.maxExclusive, "max-exclusive", 32, "exclusive upstream connections for blocking commands and WATCH spans")
 	fs.DurationVar(&c.exclusiveIdle, "exclusive-idle-timeout", 60*time.Second, "how long an unused exclusive connection stays open")
 	fs.IntVar(&c.maxMultiBytes, "max-multi-bytes", 64<<20, "largest transaction buffered between MULTI and EXEC, in bytes")
+	fs.BoolVar(&c.coalesce, "coalesce", true, "merge identical read-only commands in flight at the same time into one upstream request")
+	fs.StringArrayVar(&c.cache, "cache", nil, "cache reads of keys matching PATTERN for TTL: PATTERN=TTL, repeatable or comma separated (e.g. 'bull:*=2s')")
+	fs.StringSliceVar(&c.cacheScripts, "cache-script", nil, "SHA1 of a Lua script that only reads, so EVAL/EVALSHA of it may be cached (repeatable)")
+	fs.Int64Var(&c.cacheMaxBytes, "cache-max-bytes", 64<<20, "memory for cached replies; least recently used go first")
+	fs.IntVar(&c.cacheMaxValue, "cache-max-value", 1<<20, "largest reply that is cached, in bytes")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve Go profiles at /debug/pprof/ on the metrics address")
 	fs.VisitAll(func(f *pflag.Flag) {
 		f.Usage += " [$" + envName(f.Name) + "]"
@@ -112,6 +124,15 @@ func parseConfig(args []string, out io.Writer, getenv func(string) string) (*con
 	}
 	if c.upstream == "" {
 		c.upstream = getenv("REDIS_URL")
+	}
+	for _, v := range c.cache {
+		for _, rule := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' }) {
+			cr, err := proxy.ParseCacheRule(rule)
+			if err != nil {
+				return nil, fmt.Errorf("--cache: %w", err)
+			}
+			c.cacheRules = append(c.cacheRules, cr)
+		}
 	}
 	switch {
 	case c.upstream == "":

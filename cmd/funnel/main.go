@@ -69,7 +69,10 @@ func run(ctx context.Context, args []string, stdout io.Writer, getenv func(strin
 		MaxClients: cfg.maxClients, RequirePass: cfg.requirePass, Deny: cfg.deny,
 		Limits:            cfg.limits(),
 		ClientOutputLimit: cfg.clientOutputLimit, ClientWriteTimeout: cfg.clientWriteTimeout,
-		InfoTTL: cfg.infoTTL, MaxMultiBytes: cfg.maxMultiBytes, Logger: log, Metrics: m,
+		InfoTTL: cfg.infoTTL, MaxMultiBytes: cfg.maxMultiBytes,
+		DisableCoalesce: !cfg.coalesce, CacheRules: cfg.cacheRules, CacheScripts: cfg.cacheScripts,
+		CacheMaxBytes: cfg.cacheMaxBytes, CacheMaxValue: cfg.cacheMaxValue,
+		Logger: log, Metrics: m,
 	})
 
 	ln, err := listen(cfg.listen)

@@ -1,0 +1,211 @@
+package proxy
+
+import (
+	"crypto/sha1"
+	"encoding/hex"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/funnel-proxy/funnel/command"
+	"github.com/funnel-proxy/funnel/pool"
+	"github.com/funnel-proxy/funnel/resp"
+	"github.com/tidwall/match"
+)
+
+// CacheRule caches reads of keys matching Pattern (a Redis glob) for TTL.
+type CacheRule struct {
+	Pattern string
+	TTL     time.Duration
+}
+
+// ParseCacheRule reads "PATTERN=TTL", for example "bull:*=2s".
+func ParseCacheRule(s string) (CacheRule, error) {
+	i := strings.LastIndexByte(s, '=')
+	if i <= 0 {
+		return CacheRule{}, errorf("cache rule %q: want PATTERN=TTL, e.g. 'bull:*=2s'", s)
+	}
+	ttl, err := time.ParseDuration(s[i+1:])
+	if err != nil || ttl <= 0 {
+		return CacheRule{}, errorf("cache rule %q: TTL must be a positive duration like 2s", s)
+	}
+	return CacheRule{Pattern: s[:i], TTL: ttl}, nil
+}
+
+// ruleTTL returns the TTL for a read of keys: the shortest TTL among the
+// rules matched, if every key matches one; else 0 (not cached).
+func (srv *Server) ruleTTL(keys []string) time.Duration {
+	var ttl time.Duration
+	for _, k := range keys {
+		best := time.Duration(0)
+		for _, r := range srv.opts.CacheRules {
+			if match.Match(k, r.Pattern) && (best == 0 || r.TTL < best) {
+				best = r.TTL
+			}
+		}
+		if best == 0 {
+			return 0
+		}
+		if ttl == 0 || best < ttl {
+			ttl = best
+		}
+	}
+	return ttl
+}
+
+// scripts are the commands that run Lua or functions.
+var scripts = map[string]bool{"eval": true, "evalsha": true, "fcall": true, "eval_ro": true, "evalsha_ro": true, "fcall_ro": true}
+
+// scriptSHA returns the script a call runs: EVAL's body hashed, so EVAL and
+// EVALSHA of one script share cache entries.
+func scriptSHA(name string, args [][]byte) string {
+	if name == "eval" || name == "eval_ro" {
+		sum := sha1.Sum(args[1])
+		return hex.EncodeToString(sum[:])
+	}
+	return strings.ToLower(string(args[1]))
+}
+
+// readOnlyCall reports whether a command only reads, so that it may be
+// coalesced or cached, and it is deterministic with known keys.
+func (srv *Server) readOnlyCall(info *command.Info, args [][]byte) bool {
+	if scripts[info.Name] && len(args) > 1 {
+		return info.Has(command.ReadOnly) || srv.readOnlyScripts[scriptSHA(info.Name, args)]
+	}
+	return info.Has(command.ReadOnly) && !info.Has(command.Nondeterministic) && !isBlocking(info, args)
+}
+
+// keyStrings returns the keys args name, and whether the table could find
+// every one of them.
+func keyStrings(info *command.Info, args [][]byte) ([]string, bool) {
+	var buf [8]int
+	pos, complete := info.KeyPositions(buf[:0], args)
+	keys := make([]string, len(pos))
+	for i, p := range pos {
+		keys[i] = string(args[p])
+	}
+	return keys, complete
+}
+
+// cacheKey names a read for the cache: the command and its arguments, with
+// a script's body replaced by its SHA1.
+func readKey(info *command.Info, args [][]byte) string {
+	var b []byte
+	if scripts[info.Name] {
+		norm := append([][]byte{[]byte(strings.TrimSuffix(strings.TrimSuffix(info.Name, "_ro"), "sha")), []byte(scriptSHA(info.Name, args))}, args[2:]...)
+		return string(resp.AppendCommand(b, norm...))
+	}
+	b = append(b, info.Name...)
+	b = append(b, 0)
+	for _, a := range args[1:] {
+		b = strconv.AppendInt(b, int64(len(a)), 10)
+		b = append(b, ':')
+		b = append(b, a...)
+	}
+	return string(b)
+}
+
+// tryCache answers a read from the cache, or joins an identical read in
+// flight, or leads a new one. It reports false when the read is not one
+// the cache handles; the caller then forwards it as usual.
+func (s *session) tryCache(r *request, info *command.Info, args [][]byte) bool {
+	c := s.srv.cache
+	if c == nil || info == nil || s.lease != nil || s.stickyLease != nil || !s.srv.readOnlyCall(info, args) {
+		return false
+	}
+	keys, complete := keyStrings(info, args)
+	if !complete || len(keys) == 0 {
+		return false
+	}
+	ttl := s.srv.ruleTTL(keys)
+	if ttl == 0 && s.srv.opts.DisableCoalesce {
+		return false
+	}
+	var joinedOn *pool.Conn
+	wait := func(reply []byte, err error) { r.Complete(reply, err) }
+	// A client may join a read in flight only on the connection its own
+	// in-flight commands are on, so its later commands still follow it.
+	canJoin := func(owner any) bool {
+		conn, _ := owner.(*pool.Conn)
+		if conn == nil || (s.upInFlight.Load() > 0 && conn != s.sticky) {
+			return false
+		}
+		joinedOn = conn
+		return true
+	}
+	owner := func() any {
+		s.countUpstream(r)
+		return s.nextConn(r)
+	}
+	hit, joined, lead := c.Lookup(s.db, readKey(info, args), keys, ttl, time.Now(), wait, canJoin, owner)
+	switch {
+	case hit != nil:
+		r.route = "cache"
+		r.Complete(hit, nil)
+	case joined:
+		// r now waits on another client's request on joinedOn; it counts
+		// as this client's in flight there, like a request of its own.
+		r.route, r.upstream = "joined", true
+		s.srv.metrics.InFlight.Inc()
+		if s.upInFlight.Add(1) == 1 {
+			s.sticky, s.stickyLease = joinedOn, nil
+		}
+	default:
+		r.flight = lead
+		s.pool.Submit(s.ctx(), s.sticky, &r.Request)
+	}
+	return true
+}
+
+// invalidate tells the cache about a command that may write, before it is
+// sent: its keys, or its whole db when the keys are unknown.
+func (s *session) invalidate(info *command.Info, args [][]byte) {
+	c := s.srv.cache
+	if c == nil {
+		return
+	}
+	if info == nil {
+		c.InvalidateDB(s.db) // an unknown command may write anything
+		return
+	}
+	switch {
+	case scripts[info.Name]:
+		if s.srv.readOnlyCall(info, args) {
+			return
+		}
+	case !info.Has(command.Write) && !info.Has(command.MayReplicate):
+		return
+	}
+	switch info.Name {
+	case "flushall", "swapdb", "move", "copy":
+		c.InvalidateDB(-1)
+		return
+	}
+	keys, complete := keyStrings(info, args)
+	if !complete || (len(keys) == 0 && !scripts[info.Name]) {
+		c.InvalidateDB(s.db)
+		return
+	}
+	c.Invalidate(s.db, keys)
+}
+
+// cacheInfo renders the cache counters for INFO's Funnel section.
+func (srv *Server) cacheInfo(b []byte) []byte {
+	if srv.cache == nil {
+		return b
+	}
+	st := srv.cache.Stats()
+	for _, kv := range []struct {
+		k string
+		v int64
+	}{
+		{"cache_hits", st.Hits}, {"cache_misses", st.Misses}, {"cache_joined_flights", st.Joins},
+		{"cache_dropped_fills", st.DroppedFills}, {"cache_evictions", st.Evictions},
+		{"cache_bytes", st.Bytes}, {"cache_entries", st.Entries},
+	} {
+		b = append(b, "funnel_"+kv.k+":"...)
+		b = strconv.AppendInt(b, kv.v, 10)
+		b = append(b, "\r\n"...)
+	}
+	return b
+}
