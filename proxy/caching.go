@@ -121,16 +121,22 @@ func (s *session) tryCache(r *request, info *command.Info, args [][]byte) bool {
 	if ttl == 0 && s.srv.opts.DisableCoalesce {
 		return false
 	}
-	var joinedOn *pool.Conn
 	wait := func(reply []byte, err error) { r.Complete(reply, err) }
 	// A client may join a read in flight only on the connection its own
 	// in-flight commands are on, so its later commands still follow it.
+	// Joining counts r as this client's in flight there, like a request of
+	// its own; that is set up here, under the cache's lock, before the
+	// leader can complete r.
 	canJoin := func(owner any) bool {
 		conn, _ := owner.(*pool.Conn)
 		if conn == nil || (s.upInFlight.Load() > 0 && conn != s.sticky) {
 			return false
 		}
-		joinedOn = conn
+		r.route, r.upstream = "joined", true
+		s.srv.metrics.InFlight.Inc()
+		if s.upInFlight.Add(1) == 1 {
+			s.sticky, s.stickyLease = conn, nil
+		}
 		return true
 	}
 	owner := func() any {
@@ -143,13 +149,7 @@ func (s *session) tryCache(r *request, info *command.Info, args [][]byte) bool {
 		r.route = "cache"
 		r.Complete(hit, nil)
 	case joined:
-		// r now waits on another client's request on joinedOn; it counts
-		// as this client's in flight there, like a request of its own.
-		r.route, r.upstream = "joined", true
-		s.srv.metrics.InFlight.Inc()
-		if s.upInFlight.Add(1) == 1 {
-			s.sticky, s.stickyLease = joinedOn, nil
-		}
+		// r completes with the leader's reply.
 	default:
 		r.flight = lead
 		s.pool.Submit(s.ctx(), s.sticky, &r.Request)
