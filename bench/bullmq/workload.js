@@ -1,0 +1,144 @@
+'use strict';
+// A BullMQ app like the one funnel exists for, run against any Redis URL for
+// a fixed time: producers add jobs, workers take 2-10 s per job and report
+// progress, a QueueEvents listener follows, and N browser tabs poll a job's
+// status every 2 s through an API-route-like function, either with a new
+// connection per poll (the app as it was) or with one shared connection.
+// It prints one JSON line: jobs added and completed, polls, client errors,
+// and polls whose state the job did not have within the allowed staleness.
+//
+//   node workload.js --url redis://127.0.0.1:6380 --seconds 60 --tabs 10 \
+//     --workers 2 --jobs-per-min 6 --mode newconn --stale-ms 2000
+
+const { Queue, Worker, QueueEvents } = require('bullmq');
+
+function args() {
+  const a = { url: 'redis://127.0.0.1:6380', seconds: 60, tabs: 10, workers: 2, jobsPerMin: 6, mode: 'newconn', staleMs: 2000 };
+  const argv = process.argv.slice(2);
+  for (let i = 0; i < argv.length; i += 2) {
+    const k = argv[i].replace(/^--/, '').replace(/-(\w)/g, (_, c) => c.toUpperCase());
+    a[k] = typeof a[k] === 'number' ? Number(argv[i + 1]) : argv[i + 1];
+  }
+  return a;
+}
+
+const opts = args();
+const url = new URL(opts.url);
+const connection = { host: url.hostname, port: Number(url.port || 6379) };
+const name = `app-${process.pid}-${Date.now()}`;
+const errors = [];
+const onError = (what) => (err) => errors.push(`${what}: ${err && err.message}`);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// Each job's state timeline, from QueueEvents and the producer: state ->
+// [from, until]. A poll is right if the state it saw held at some moment
+// between (poll start - staleness) and poll end.
+const timeline = new Map();
+function mark(id, state, at = Date.now()) {
+  const t = timeline.get(id) || {};
+  for (const s of Object.keys(t)) if (t[s].until === undefined && s !== state) t[s].until = at;
+  if (!t[state]) t[state] = { from: at };
+  timeline.set(id, t);
+}
+function plausible(id, state, start, end) {
+  const t = timeline.get(id);
+  if (!t || !t[state]) return false;
+  const slack = 250; // events reach the listener a little after the fact
+  const { from, until } = t[state];
+  return from - slack <= end && (until === undefined || until + slack >= start - opts.staleMs);
+}
+
+// getStatus is what the app's API route does for a browser tab.
+async function getStatus(queue, id) {
+  const job = await queue.getJob(id);
+  if (!job) return { state: 'missing' };
+  const state = await job.getState();
+  return { state, progress: job.progress, returnvalue: job.returnvalue };
+}
+
+async function main() {
+  const queue = new Queue(name, { connection });
+  queue.on('error', onError('queue'));
+  const events = new QueueEvents(name, { connection });
+  events.on('error', onError('events'));
+  await events.waitUntilReady();
+  let completed = 0;
+  events.on('waiting', ({ jobId }) => mark(jobId, 'waiting'));
+  events.on('active', ({ jobId }) => mark(jobId, 'active'));
+  events.on('completed', ({ jobId }) => {
+    mark(jobId, 'completed');
+    completed++;
+  });
+
+  const workers = [];
+  for (let w = 0; w < opts.workers; w++) {
+    const worker = new Worker(
+      name,
+      async (job) => {
+        const ms = 2000 + Math.floor(Math.random() * 8000);
+        for (let step = 1; step <= 3; step++) {
+          await sleep(ms / 3);
+          await job.updateProgress(step * 33);
+        }
+        return { took: ms };
+      },
+      { connection, concurrency: 2, name: `w${w}` },
+    );
+    worker.on('error', onError(`worker ${w}`));
+    workers.push(worker);
+  }
+
+  const ids = [];
+  const deadline = Date.now() + opts.seconds * 1000;
+  const produce = (async () => {
+    const every = 60000 / opts.jobsPerMin;
+    while (Date.now() < deadline) {
+      const job = await queue.add('render', { at: Date.now() });
+      mark(job.id, 'waiting');
+      ids.push(job.id);
+      await sleep(every);
+    }
+  })();
+
+  let polls = 0;
+  const wrong = [];
+  const shared = opts.mode === 'shared' ? queue : null;
+  const tabs = Array.from({ length: opts.tabs }, async (_, tab) => {
+    await sleep((tab * 2000) / opts.tabs);
+    while (Date.now() < deadline) {
+      if (ids.length > 0) {
+        // Each tab watches one of the recent jobs.
+        const id = ids[Math.max(0, ids.length - 1 - (tab % 4))];
+        const start = Date.now();
+        let q = shared;
+        try {
+          if (!q) {
+            q = new Queue(name, { connection });
+            q.on('error', onError('poll'));
+          }
+          const st = await getStatus(q, id);
+          polls++;
+          if (!plausible(id, st.state, start, Date.now())) wrong.push(`${id}:${st.state}`);
+        } catch (err) {
+          errors.push(`poll: ${err.message}`);
+        } finally {
+          if (!shared && q) await q.close();
+        }
+      }
+      await sleep(2000);
+    }
+  });
+  await Promise.all([produce, ...tabs]);
+  // Let running jobs finish so the count of completed jobs is fair.
+  const drainUntil = Date.now() + 15000;
+  while (completed < ids.length && Date.now() < drainUntil) await sleep(200);
+  for (const w of workers) await w.close();
+  await events.close();
+  await queue.close();
+  console.log(JSON.stringify({ mode: opts.mode, seconds: opts.seconds, added: ids.length, completed, polls, errors: errors.length, firstErrors: errors.slice(0, 3), wrongStates: wrong.length, firstWrong: wrong.slice(0, 3) }));
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
