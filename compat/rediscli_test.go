@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -67,7 +66,7 @@ func TestRedisCLI(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	sub := exec.CommandContext(ctx, "redis-cli", "-h", host, "-p", port, "SUBSCRIBE", "news")
-	subOut := &lockedBuffer{}
+	subOut := &funneltest.Buffer{}
 	sub.Stdout = subOut
 	if err := sub.Start(); err != nil {
 		t.Fatal(err)
@@ -86,22 +85,4 @@ func TestRedisCLI(t *testing.T) {
 	if !strings.Contains(subOut.String(), "subscribe\nnews\n1\n") || !strings.Contains(subOut.String(), "message\nnews\nextra") {
 		t.Fatalf("subscriber printed %q", subOut.String())
 	}
-}
-
-// lockedBuffer is a bytes.Buffer a process can write while the test reads.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

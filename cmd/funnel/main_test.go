@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/funnel-proxy/funnel/internal/funneltest"
 	"github.com/funnel-proxy/funnel/internal/redistest"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
@@ -31,32 +32,14 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// safeBuffer is a log sink the test can read while run writes.
-type safeBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *safeBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *safeBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // startRun runs funnel in this process until the returned stop is called;
 // stop returns run's error.
-func startRun(t *testing.T, args []string, env map[string]string) (addr string, logs *safeBuffer, stop func() error) {
+func startRun(t *testing.T, args []string, env map[string]string) (addr string, logs *funneltest.Buffer, stop func() error) {
 	t.Helper()
 	addr = fmt.Sprintf("127.0.0.1:%d", redistest.FreePort(t))
 	args = append([]string{"--listen", addr}, args...)
 	ctx, cancel := context.WithCancel(context.Background())
-	logs = &safeBuffer{}
+	logs = &funneltest.Buffer{}
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, args, logs, func(k string) string { return env[k] }) }()
 	waitListening(t, addr, done)
