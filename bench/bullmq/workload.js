@@ -2,18 +2,19 @@
 // A BullMQ app like the one funnel exists for, run against any Redis URL for
 // a fixed time: producers add jobs, workers take 2-10 s per job and report
 // progress, a QueueEvents listener follows, and N browser tabs poll a job's
-// status every 2 s through an API-route-like function, either with a new
-// connection per poll (the app as it was) or with one shared connection.
+// status every 2 s through an API-route-like function (each tab shows the
+// --recent latest jobs and asks for each one's status), either with a new
+// connection per call (the app as it was) or with one shared connection.
 // It prints one JSON line: jobs added and completed, polls, client errors,
 // and polls whose state the job did not have within the allowed staleness.
 //
 //   node workload.js --url redis://127.0.0.1:6380 --seconds 60 --tabs 10 \
-//     --workers 2 --jobs-per-min 6 --mode newconn --stale-ms 2000
+//     --workers 2 --jobs-per-min 6 --recent 5 --mode newconn --stale-ms 2000
 
 const { Queue, Worker, QueueEvents } = require('bullmq');
 
 function args() {
-  const a = { url: 'redis://127.0.0.1:6380', seconds: 60, tabs: 10, workers: 2, jobsPerMin: 6, mode: 'newconn', staleMs: 2000 };
+  const a = { url: 'redis://127.0.0.1:6380', seconds: 60, tabs: 10, workers: 2, jobsPerMin: 6, mode: 'newconn', staleMs: 2000, recent: 5 };
   const argv = process.argv.slice(2);
   for (let i = 0; i < argv.length; i += 2) {
     const k = argv[i].replace(/^--/, '').replace(/-(\w)/g, (_, c) => c.toUpperCase());
@@ -106,9 +107,9 @@ async function main() {
   const tabs = Array.from({ length: opts.tabs }, async (_, tab) => {
     await sleep((tab * 2000) / opts.tabs);
     while (Date.now() < deadline) {
-      if (ids.length > 0) {
-        // Each tab watches one of the recent jobs.
-        const id = ids[Math.max(0, ids.length - 1 - (tab % 4))];
+      // Each tab shows the recent jobs and asks the API route for each
+      // one's status.
+      for (const id of ids.slice(-opts.recent)) {
         const start = Date.now();
         let q = shared;
         try {
