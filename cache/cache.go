@@ -75,6 +75,7 @@ type Flight struct {
 	key     cmdKey
 	keys    []string
 	start   uint64
+	sent    time.Time // the TTL counts from here, when the read was sent
 	ttl     time.Duration
 	waiters []func([]byte, error)
 	// Owner is free for the caller: funnel keeps the upstream connection
@@ -121,7 +122,7 @@ func (c *Cache) Lookup(db int, cmd string, keys []string, ttl time.Duration, now
 		return nil, true, nil
 	}
 	c.stats.Misses++
-	f := &Flight{key: k, keys: keys, start: c.clock, ttl: ttl}
+	f := &Flight{key: k, keys: keys, start: c.clock, sent: now, ttl: ttl}
 	if owner != nil {
 		f.Owner = owner()
 	}
@@ -133,8 +134,11 @@ func (c *Cache) Lookup(db int, cmd string, keys []string, ttl time.Duration, now
 }
 
 // Finish ends a flight: joiners get the outcome, and a reply that may be
-// kept is stored, unless a write to one of its keys was sent meanwhile.
-func (c *Cache) Finish(f *Flight, reply []byte, err error, now time.Time) {
+// kept is stored, unless a write to one of its keys was sent meanwhile. The
+// entry expires one TTL after the read was sent, not after its reply came:
+// the upstream may have run it any time in between, so this is the bound
+// that never lets data older than the TTL be served.
+func (c *Cache) Finish(f *Flight, reply []byte, err error) {
 	c.mu.Lock()
 	if c.flights[f.key] == f {
 		delete(c.flights, f.key)
@@ -148,7 +152,7 @@ func (c *Cache) Finish(f *Flight, reply []byte, err error, now time.Time) {
 	storable := err == nil && f.ttl > 0 && len(reply) > 0 && reply[0] != '-' && len(reply) <= c.maxValue
 	if storable {
 		if c.validSince(db, f.keys, f.start) {
-			c.store(f, reply, now)
+			c.store(f, reply)
 		} else {
 			c.stats.DroppedFills++
 		}
@@ -178,11 +182,11 @@ func (c *Cache) validSince(db int, keys []string, start uint64) bool {
 	return true
 }
 
-func (c *Cache) store(f *Flight, reply []byte, now time.Time) {
+func (c *Cache) store(f *Flight, reply []byte) {
 	if old := c.entries[f.key]; old != nil {
 		c.removeEntry(old)
 	}
-	e := &entry{key: f.key, keys: f.keys, reply: append([]byte(nil), reply...), expires: now.Add(f.ttl)}
+	e := &entry{key: f.key, keys: f.keys, reply: append([]byte(nil), reply...), expires: f.sent.Add(f.ttl)}
 	e.elem = c.lru.PushFront(e)
 	c.entries[f.key] = e
 	for _, key := range f.keys {

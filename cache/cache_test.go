@@ -14,7 +14,7 @@ func TestHitMissAndTTL(t *testing.T) {
 	if joined || f == nil {
 		t.Fatal("first lookup must lead")
 	}
-	c.Finish(f, []byte("$1\r\nv\r\n"), nil, t0)
+	c.Finish(f, []byte("$1\r\nv\r\n"), nil)
 	if hit, _, _ := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0.Add(999*time.Millisecond), nil, nil, nil); string(hit) != "$1\r\nv\r\n" {
 		t.Fatalf("hit = %q", hit)
 	}
@@ -29,7 +29,7 @@ func TestHitMissAndTTL(t *testing.T) {
 func TestWriteDropsEntry(t *testing.T) {
 	c := New(1<<20, 1<<10)
 	_, _, f := c.Lookup(0, "mget|a|b", []string{"a", "b"}, time.Second, t0, nil, nil, nil)
-	c.Finish(f, []byte("*2\r\n$-1\r\n$-1\r\n"), nil, t0)
+	c.Finish(f, []byte("*2\r\n$-1\r\n$-1\r\n"), nil)
 	c.Invalidate(0, []string{"b"})
 	if hit, _, _ := c.Lookup(0, "mget|a|b", []string{"a", "b"}, time.Second, t0, nil, nil, nil); hit != nil {
 		t.Fatal("entry survived a write to one of its keys")
@@ -50,11 +50,11 @@ func TestFillRace(t *testing.T) {
 	if hit != nil || joined || f2 == nil {
 		t.Fatal("a read after a write joined a flight sent before it")
 	}
-	c.Finish(f, []byte("$3\r\nold\r\n"), nil, t0)
+	c.Finish(f, []byte("$3\r\nold\r\n"), nil)
 	if s := c.Stats(); s.DroppedFills != 1 || s.Entries != 0 {
 		t.Fatalf("stale fill kept: %+v", s)
 	}
-	c.Finish(f2, []byte("$3\r\nnew\r\n"), nil, t0)
+	c.Finish(f2, []byte("$3\r\nnew\r\n"), nil)
 	if hit, _, _ := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, nil, nil, nil); string(hit) != "$3\r\nnew\r\n" {
 		t.Fatalf("hit = %q", hit)
 	}
@@ -74,7 +74,7 @@ func TestJoinAndErrors(t *testing.T) {
 			t.Fatal("identical read did not join")
 		}
 	}
-	c.Finish(f, []byte("-ERR x\r\n"), nil, t0)
+	c.Finish(f, []byte("-ERR x\r\n"), nil)
 	if len(got) != 3 || got[0] != "-ERR x\r\n" {
 		t.Fatalf("joiners got %q", got)
 	}
@@ -82,7 +82,7 @@ func TestJoinAndErrors(t *testing.T) {
 		t.Fatalf("error reply stored or joins miscounted: %+v", s)
 	}
 	_, _, f = c.Lookup(0, "get|big", []string{"big"}, time.Second, t0, nil, nil, nil)
-	c.Finish(f, []byte("$9\r\n123456789\r\n"), nil, t0)
+	c.Finish(f, []byte("$9\r\n123456789\r\n"), nil)
 	if s := c.Stats(); s.Entries != 0 {
 		t.Fatal("value over the size limit stored")
 	}
@@ -93,7 +93,7 @@ func TestLRUBound(t *testing.T) {
 	for i := 0; i < 1000; i++ {
 		cmd := fmt.Sprint("get|k", i)
 		_, _, f := c.Lookup(0, cmd, []string{fmt.Sprint("k", i)}, time.Minute, t0, nil, nil, nil)
-		c.Finish(f, make([]byte, 100), nil, t0)
+		c.Finish(f, make([]byte, 100), nil)
 		if s := c.Stats(); s.Bytes > 10_000 {
 			t.Fatalf("bytes %d over the bound", s.Bytes)
 		}

@@ -35,6 +35,7 @@ type idleConn struct {
 
 func newLane(p *Pool, max int, idleTimeout time.Duration) *Lane {
 	l := &Lane{pool: p, max: max, idleTimeout: idleTimeout, all: map[*Conn]bool{}}
+	l.report() // show the lane's gauges from the start, at 0
 	p.wg.Add(1)
 	go l.janitor()
 	return l

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -114,7 +115,7 @@ func TestManyBlockedClients(t *testing.T) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var problems []string
-	var worstLate time.Duration
+	var lateness []time.Duration
 	for i := 0; i < clients; i++ {
 		wg.Add(1)
 		go func(i int) {
@@ -136,7 +137,7 @@ func TestManyBlockedClients(t *testing.T) {
 			case !errors.Is(err, redis.Nil):
 				problems = append(problems, fmt.Sprintf("client %d: want timeout, got %q %v", i, v, err))
 			default:
-				worstLate = max(worstLate, took-timeout)
+				lateness = append(lateness, took-timeout)
 				if took < timeout {
 					problems = append(problems, fmt.Sprintf("client %d: timed out early after %v", i, took))
 				}
@@ -154,9 +155,14 @@ func TestManyBlockedClients(t *testing.T) {
 	for _, p := range problems {
 		t.Error(p)
 	}
-	t.Logf("latest timeout: %v after its deadline; most upstream connections: %d", worstLate, most)
-	if worstLate > timingSlack*100*time.Millisecond {
-		t.Errorf("a timeout came %v late", worstLate)
+	// Judge the 95th percentile: on a loaded two-core machine one goroutine
+	// can be descheduled for a while, but a rule broken (a wait not counted
+	// against the timeout) makes most of the 180 timeouts late.
+	slices.Sort(lateness)
+	p95 := lateness[len(lateness)*95/100]
+	t.Logf("timeouts: 95%% within %v of their deadline, latest %v; most upstream connections: %d", p95, lateness[len(lateness)-1], most)
+	if p95 > timingSlack*100*time.Millisecond {
+		t.Errorf("95th percentile timeout came %v late", p95)
 	}
 	if most > size+exclusive+1 {
 		t.Errorf("upstream saw %d funnel connections, more than %d", most, size+exclusive+1)

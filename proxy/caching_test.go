@@ -86,7 +86,7 @@ func TestCacheReadYourWrites(t *testing.T) {
 }
 
 func TestCacheTTLExpiry(t *testing.T) {
-	f := cachingFunnel(t, 300*time.Millisecond, Options{})
+	f := cachingFunnel(t, time.Second, Options{})
 	c := dialRaw(t, f.Addr)
 	c.do("SET", "c:k", "old")
 	c.do("GET", "c:k")
@@ -97,7 +97,7 @@ func TestCacheTTLExpiry(t *testing.T) {
 	if got := c.do("GET", "c:k"); got != "$3\r\nold\r\n" {
 		t.Fatalf("within the TTL: %q", got)
 	}
-	time.Sleep(350 * time.Millisecond)
+	time.Sleep(1100 * time.Millisecond)
 	if got := c.do("GET", "c:k"); got != "$3\r\nnew\r\n" {
 		t.Fatalf("after the TTL: %q", got)
 	}

@@ -140,6 +140,9 @@ func TestPubSubFanOut(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
+	if got := testutil.ToFloat64(f.Metrics.PubSubMessages); got != subscribers*messages {
+		t.Errorf("funnel_pubsub_messages_delivered_total = %v, want %d", got, subscribers*messages)
+	}
 	// Every subscriber left: the upstream has nothing subscribed.
 	deadline := time.Now().Add(5 * time.Second)
 	for {

@@ -79,7 +79,7 @@ func (r *request) Complete(reply []byte, err error) {
 	if r.flight != nil {
 		// Joiners get the reply, and the cache may keep it; before r is
 		// marked done, since reply may be r's to reuse after that.
-		s.srv.cache.Finish(r.flight, reply, err, time.Now())
+		s.srv.cache.Finish(r.flight, reply, err)
 	}
 	if err != nil {
 		r.err = err

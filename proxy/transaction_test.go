@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/funnel-proxy/funnel/internal/redistest"
 	"github.com/funnel-proxy/funnel/pool"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -193,5 +195,45 @@ func TestTransactionsAreAtomic(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
+	}
+}
+
+func TestTransactionSizeBound(t *testing.T) {
+	f := startFunnel(t, Options{MaxMultiBytes: 1024}, pool.Options{})
+	c := dialRaw(t, f.Addr)
+	c.do("MULTI")
+	if got := c.do("SET", "k", strings.Repeat("x", 2000)); got != "-ERR funnel: transaction larger than 1024 bytes; it will be discarded\r\n" {
+		t.Fatalf("oversized queue: %q", got)
+	}
+	if got := c.do("EXEC"); got != "-EXECABORT Transaction discarded because of previous errors.\r\n" {
+		t.Fatalf("EXEC: %q", got)
+	}
+	if got := c.do("GET", "k"); got != "$-1\r\n" {
+		t.Fatalf("GET: %q", got)
+	}
+}
+
+// TestExclusiveIdleTimeout checks that a returned exclusive connection is
+// reused while warm and closed once idle past the timeout.
+func TestExclusiveIdleTimeout(t *testing.T) {
+	f := startFunnel(t, Options{}, pool.Options{ExclusiveIdle: 200 * time.Millisecond})
+	c := dialRaw(t, f.Addr)
+	c.do("BLPOP", "q", "0.01")
+	c.do("BLPOP", "q", "0.01")
+	if dials := testutil.ToFloat64(f.Metrics.UpstreamDials.WithLabelValues("ok")); dials != 1 {
+		t.Fatalf("%v dials for two BLPOPs, want 1 (the exclusive connection is reused)", dials)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, idle, _ := f.Pool.Lane().Stats(); idle == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("idle exclusive connection never closed")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := testutil.ToFloat64(f.Metrics.UpstreamConns.WithLabelValues("exclusive")); got != 0 {
+		t.Fatalf("%v exclusive connections open after the idle timeout", got)
 	}
 }

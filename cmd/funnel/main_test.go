@@ -176,8 +176,12 @@ func TestEnvAndMetrics(t *testing.T) {
 		"FUNNEL_METRICS_LISTEN": metricsAddr,
 		"FUNNEL_LOG_FORMAT":     "json",
 	})
-	if !strings.Contains(logs.String(), `"pool_size":3`) {
-		t.Fatalf("FUNNEL_POOL_SIZE/FUNNEL_LOG_FORMAT not applied: %s", logs.String())
+	// The start-up line is logged just after the listener opens.
+	for i := 0; !strings.Contains(logs.String(), `"pool_size":3`); i++ {
+		if i == 100 {
+			t.Fatalf("FUNNEL_POOL_SIZE/FUNNEL_LOG_FORMAT not applied: %s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	defer rdb.Close()
@@ -201,6 +205,8 @@ func TestEnvAndMetrics(t *testing.T) {
 		`funnel_upstream_connections{lane="shared"} 1`,
 		`funnel_client_connections 1`,
 		`funnel_request_duration_seconds_count{route="upstream"}`,
+		`funnel_cache_misses_total`,
+		`funnel_exclusive_connections`,
 	} {
 		if code != 200 || !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
@@ -241,6 +247,26 @@ func TestConfigErrors(t *testing.T) {
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"--help"}, &out, none); err != errHelp || !strings.Contains(out.String(), "FUNNEL_UPSTREAM") {
 		t.Errorf("--help: %v %s", err, out.String())
+	}
+	badRule := func(k string) string {
+		return map[string]string{"FUNNEL_CACHE": "bull:*", "REDIS_URL": "redis://127.0.0.1:1"}[k]
+	}
+	if err := run(context.Background(), nil, io.Discard, badRule); err == nil || !strings.Contains(err.Error(), "PATTERN=TTL") {
+		t.Errorf("bad cache rule: %v", err)
+	}
+}
+
+func TestCacheRulesFromFlagsAndEnv(t *testing.T) {
+	env := func(k string) string {
+		return map[string]string{"FUNNEL_CACHE": "bull:*=2s, jobs:*=500ms", "REDIS_URL": "redis://127.0.0.1:1"}[k]
+	}
+	cfg, err := parseConfig(nil, io.Discard, env)
+	if err != nil || len(cfg.cacheRules) != 2 || cfg.cacheRules[1].Pattern != "jobs:*" || cfg.cacheRules[1].TTL != 500*time.Millisecond {
+		t.Fatalf("FUNNEL_CACHE: %+v %v", cfg, err)
+	}
+	cfg, err = parseConfig([]string{"--cache", "a:*=1s", "--cache", "b:*=3s", "--coalesce=false"}, io.Discard, env)
+	if err != nil || len(cfg.cacheRules) != 2 || cfg.cacheRules[0].Pattern != "a:*" || cfg.coalesce {
+		t.Fatalf("--cache flags: %+v %v", cfg, err)
 	}
 }
 
