@@ -45,8 +45,9 @@ func roundTrips(b *testing.B, addr string) {
 }
 
 // BenchmarkRoundTrip compares a GET round trip direct to redis-server with
-// one through funnel. allocs/op counts funnel's allocations too, since it
-// runs in this process.
+// one through funnel, with coalescing (the default: every GET is a flight
+// others could join) and without. allocs/op counts funnel's allocations
+// too, since it runs in this process.
 func BenchmarkRoundTrip(b *testing.B) {
 	rs := redistest.Start(b)
 	if reply, err := rs.Do("SET", "key", "value"); err != nil || reply != "+OK\r\n" {
@@ -54,4 +55,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 	}
 	b.Run("direct", func(b *testing.B) { roundTrips(b, rs.Addr) })
 	b.Run("funnel", func(b *testing.B) { roundTrips(b, funneltest.Start(b, rs, proxy.Options{}, pool.Options{})) })
+	b.Run("funnel-nocoalesce", func(b *testing.B) {
+		roundTrips(b, funneltest.Start(b, rs, proxy.Options{DisableCoalesce: true}, pool.Options{}))
+	})
 }

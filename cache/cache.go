@@ -77,7 +77,7 @@ type Flight struct {
 	start   uint64
 	sent    time.Time // the TTL counts from here, when the read was sent
 	ttl     time.Duration
-	waiters []func([]byte, error)
+	waiters []Reader
 	// Owner is free for the caller: funnel keeps the upstream connection
 	// the read went on, so a joiner's later commands follow it.
 	Owner any
@@ -93,18 +93,26 @@ func New(maxBytes int64, maxValue int) *Cache {
 	}
 }
 
+// Reader is the caller of Lookup: how it waits on a joined read and how it
+// leads a new one. Its methods run while the cache is locked (except Wait)
+// and must not block.
+type Reader interface {
+	// CanJoin reports whether the reader may join a flight whose Owner is
+	// owner; when it returns true the reader counts as joined.
+	CanJoin(owner any) bool
+	// Lead is called when the reader leads a new flight; it returns the
+	// flight's Owner, which joiners see.
+	Lead() any
+	// Wait receives a joined flight's outcome, after the cache is unlocked.
+	Wait(reply []byte, err error)
+}
+
 // Lookup is called before a read of keys is sent. With ttl > 0 a fresh
 // stored reply is returned as hit. Otherwise, if an identical read is in
-// flight and still valid, wait is called with its reply when it completes,
-// and joined is true. Otherwise the caller leads a new flight: it sends the
-// read and calls Finish with the outcome.
-//
-// canJoin is asked, with the flight's Owner, whether the caller may join it;
-// owner is called, while the cache is locked, to set Owner when the caller
-// leads, so a joiner always sees it. Both run under the cache's lock and
-// must not block. Either may be nil.
-func (c *Cache) Lookup(db int, cmd string, keys []string, ttl time.Duration, now time.Time,
-	wait func([]byte, error), canJoin func(owner any) bool, owner func() any) (hit []byte, joined bool, lead *Flight) {
+// flight, still valid, and rd may join it, rd.Wait gets its outcome when it
+// completes and joined is true. Otherwise rd leads a new flight: it sends
+// the read and calls Finish with the outcome.
+func (c *Cache) Lookup(db int, cmd string, keys []string, ttl time.Duration, now time.Time, rd Reader) (hit []byte, joined bool, lead *Flight) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	k := cmdKey{db, cmd}
@@ -116,15 +124,15 @@ func (c *Cache) Lookup(db int, cmd string, keys []string, ttl time.Duration, now
 		}
 		c.removeEntry(e)
 	}
-	if f := c.flights[k]; f != nil && wait != nil && c.validSince(db, f.keys, f.start) && (canJoin == nil || canJoin(f.Owner)) {
-		f.waiters = append(f.waiters, wait)
+	if f := c.flights[k]; f != nil && rd != nil && c.validSince(db, f.keys, f.start) && rd.CanJoin(f.Owner) {
+		f.waiters = append(f.waiters, rd)
 		c.stats.Joins++
 		return nil, true, nil
 	}
 	c.stats.Misses++
 	f := &Flight{key: k, keys: keys, start: c.clock, sent: now, ttl: ttl}
-	if owner != nil {
-		f.Owner = owner()
+	if rd != nil {
+		f.Owner = rd.Lead()
 	}
 	c.flights[k] = f
 	for _, key := range keys {
@@ -164,7 +172,7 @@ func (c *Cache) Finish(f *Flight, reply []byte, err error) {
 	f.waiters = nil
 	c.mu.Unlock()
 	for _, w := range waiters {
-		w(reply, err)
+		w.Wait(reply, err)
 	}
 }
 

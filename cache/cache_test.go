@@ -8,30 +8,40 @@ import (
 
 var t0 = time.Unix(1000, 0)
 
+// reader is a test Reader that records what it was given.
+type reader struct {
+	got  []string
+	join bool
+}
+
+func (r *reader) CanJoin(any) bool             { return r.join }
+func (r *reader) Lead() any                    { return nil }
+func (r *reader) Wait(reply []byte, err error) { r.got = append(r.got, string(reply)) }
+
 func TestHitMissAndTTL(t *testing.T) {
 	c := New(1<<20, 1<<10)
-	_, joined, f := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, nil, nil, nil)
+	_, joined, f := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, nil)
 	if joined || f == nil {
 		t.Fatal("first lookup must lead")
 	}
 	c.Finish(f, []byte("$1\r\nv\r\n"), nil)
-	if hit, _, _ := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0.Add(999*time.Millisecond), nil, nil, nil); string(hit) != "$1\r\nv\r\n" {
+	if hit, _, _ := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0.Add(999*time.Millisecond), nil); string(hit) != "$1\r\nv\r\n" {
 		t.Fatalf("hit = %q", hit)
 	}
-	if hit, _, f := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0.Add(time.Second), nil, nil, nil); hit != nil || f == nil {
+	if hit, _, f := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0.Add(time.Second), nil); hit != nil || f == nil {
 		t.Fatal("served a reply as old as its TTL")
 	}
-	if hit, _, _ := c.Lookup(1, "get|k", []string{"k"}, time.Second, t0, nil, nil, nil); hit != nil {
+	if hit, _, _ := c.Lookup(1, "get|k", []string{"k"}, time.Second, t0, nil); hit != nil {
 		t.Fatal("another db shares the entry")
 	}
 }
 
 func TestWriteDropsEntry(t *testing.T) {
 	c := New(1<<20, 1<<10)
-	_, _, f := c.Lookup(0, "mget|a|b", []string{"a", "b"}, time.Second, t0, nil, nil, nil)
+	_, _, f := c.Lookup(0, "mget|a|b", []string{"a", "b"}, time.Second, t0, nil)
 	c.Finish(f, []byte("*2\r\n$-1\r\n$-1\r\n"), nil)
 	c.Invalidate(0, []string{"b"})
-	if hit, _, _ := c.Lookup(0, "mget|a|b", []string{"a", "b"}, time.Second, t0, nil, nil, nil); hit != nil {
+	if hit, _, _ := c.Lookup(0, "mget|a|b", []string{"a", "b"}, time.Second, t0, nil); hit != nil {
 		t.Fatal("entry survived a write to one of its keys")
 	}
 	if s := c.Stats(); s.Entries != 0 {
@@ -44,9 +54,9 @@ func TestWriteDropsEntry(t *testing.T) {
 // not be stored; a read after the write must not join the older flight.
 func TestFillRace(t *testing.T) {
 	c := New(1<<20, 1<<10)
-	_, _, f := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, nil, nil, nil)
+	_, _, f := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, nil)
 	c.Invalidate(0, []string{"k"})
-	hit, joined, f2 := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, func([]byte, error) {}, nil, nil)
+	hit, joined, f2 := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, &reader{join: true})
 	if hit != nil || joined || f2 == nil {
 		t.Fatal("a read after a write joined a flight sent before it")
 	}
@@ -55,33 +65,36 @@ func TestFillRace(t *testing.T) {
 		t.Fatalf("stale fill kept: %+v", s)
 	}
 	c.Finish(f2, []byte("$3\r\nnew\r\n"), nil)
-	if hit, _, _ := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, nil, nil, nil); string(hit) != "$3\r\nnew\r\n" {
+	if hit, _, _ := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, nil); string(hit) != "$3\r\nnew\r\n" {
 		t.Fatalf("hit = %q", hit)
 	}
 	c.InvalidateDB(-1)
-	if hit, _, _ := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, nil, nil, nil); hit != nil {
+	if hit, _, _ := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, nil); hit != nil {
 		t.Fatal("entry survived FLUSHALL")
 	}
 }
 
 func TestJoinAndErrors(t *testing.T) {
 	c := New(1<<20, 8)
-	_, _, f := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, nil, nil, nil)
-	var got []string
+	_, _, f := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, nil)
+	rd := &reader{join: true}
 	for i := 0; i < 3; i++ {
-		_, joined, lead := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, func(b []byte, err error) { got = append(got, string(b)) }, nil, nil)
+		_, joined, lead := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, rd)
 		if !joined || lead != nil {
 			t.Fatal("identical read did not join")
 		}
 	}
+	if _, joined, _ := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, &reader{join: false}); joined {
+		t.Fatal("joined although the reader refused")
+	}
 	c.Finish(f, []byte("-ERR x\r\n"), nil)
-	if len(got) != 3 || got[0] != "-ERR x\r\n" {
-		t.Fatalf("joiners got %q", got)
+	if len(rd.got) != 3 || rd.got[0] != "-ERR x\r\n" {
+		t.Fatalf("joiners got %q", rd.got)
 	}
 	if s := c.Stats(); s.Entries != 0 || s.Joins != 3 {
 		t.Fatalf("error reply stored or joins miscounted: %+v", s)
 	}
-	_, _, f = c.Lookup(0, "get|big", []string{"big"}, time.Second, t0, nil, nil, nil)
+	_, _, f = c.Lookup(0, "get|big", []string{"big"}, time.Second, t0, nil)
 	c.Finish(f, []byte("$9\r\n123456789\r\n"), nil)
 	if s := c.Stats(); s.Entries != 0 {
 		t.Fatal("value over the size limit stored")
@@ -92,7 +105,7 @@ func TestLRUBound(t *testing.T) {
 	c := New(10_000, 1<<10)
 	for i := 0; i < 1000; i++ {
 		cmd := fmt.Sprint("get|k", i)
-		_, _, f := c.Lookup(0, cmd, []string{fmt.Sprint("k", i)}, time.Minute, t0, nil, nil, nil)
+		_, _, f := c.Lookup(0, cmd, []string{fmt.Sprint("k", i)}, time.Minute, t0, nil)
 		c.Finish(f, make([]byte, 100), nil)
 		if s := c.Stats(); s.Bytes > 10_000 {
 			t.Fatalf("bytes %d over the bound", s.Bytes)
@@ -103,10 +116,10 @@ func TestLRUBound(t *testing.T) {
 		t.Fatalf("%+v", s)
 	}
 	// The newest entry survives, the oldest went.
-	if hit, _, _ := c.Lookup(0, "get|k999", []string{"k999"}, time.Minute, t0, nil, nil, nil); hit == nil {
+	if hit, _, _ := c.Lookup(0, "get|k999", []string{"k999"}, time.Minute, t0, nil); hit == nil {
 		t.Fatal("newest entry evicted")
 	}
-	if hit, _, _ := c.Lookup(0, "get|k0", []string{"k0"}, time.Minute, t0, nil, nil, nil); hit != nil {
+	if hit, _, _ := c.Lookup(0, "get|k0", []string{"k0"}, time.Minute, t0, nil); hit != nil {
 		t.Fatal("oldest entry kept")
 	}
 	if len(c.keys) > int(s.Entries)+2 {

@@ -90,19 +90,26 @@ func keyStrings(info *command.Info, args [][]byte) ([]string, bool) {
 // cacheKey names a read for the cache: the command and its arguments, with
 // a script's body replaced by its SHA1.
 func readKey(info *command.Info, args [][]byte) string {
-	var b []byte
 	if scripts[info.Name] {
 		norm := append([][]byte{[]byte(strings.TrimSuffix(strings.TrimSuffix(info.Name, "_ro"), "sha")), []byte(scriptSHA(info.Name, args))}, args[2:]...)
-		return string(resp.AppendCommand(b, norm...))
+		return string(resp.AppendCommand(nil, norm...))
 	}
-	b = append(b, info.Name...)
-	b = append(b, 0)
+	// One allocation: the builder is sized first and String does not copy.
+	n := len(info.Name) + 1
 	for _, a := range args[1:] {
-		b = strconv.AppendInt(b, int64(len(a)), 10)
-		b = append(b, ':')
-		b = append(b, a...)
+		n += len(a) + 12
 	}
-	return string(b)
+	var b strings.Builder
+	b.Grow(n)
+	b.WriteString(info.Name)
+	b.WriteByte(0)
+	var digits [20]byte
+	for _, a := range args[1:] {
+		b.Write(strconv.AppendInt(digits[:0], int64(len(a)), 10))
+		b.WriteByte(':')
+		b.Write(a)
+	}
+	return b.String()
 }
 
 // tryCache answers a read from the cache, or joins an identical read in
@@ -121,29 +128,7 @@ func (s *session) tryCache(r *request, info *command.Info, args [][]byte) bool {
 	if ttl == 0 && s.srv.opts.DisableCoalesce {
 		return false
 	}
-	wait := func(reply []byte, err error) { r.Complete(reply, err) }
-	// A client may join a read in flight only on the connection its own
-	// in-flight commands are on, so its later commands still follow it.
-	// Joining counts r as this client's in flight there, like a request of
-	// its own; that is set up here, under the cache's lock, before the
-	// leader can complete r.
-	canJoin := func(owner any) bool {
-		conn, _ := owner.(*pool.Conn)
-		if conn == nil || (s.upInFlight.Load() > 0 && conn != s.sticky) {
-			return false
-		}
-		r.route, r.upstream = "joined", true
-		s.srv.metrics.InFlight.Inc()
-		if s.upInFlight.Add(1) == 1 {
-			s.sticky, s.stickyLease = conn, nil
-		}
-		return true
-	}
-	owner := func() any {
-		s.countUpstream(r)
-		return s.nextConn(r)
-	}
-	hit, joined, lead := c.Lookup(s.db, readKey(info, args), keys, ttl, time.Now(), wait, canJoin, owner)
+	hit, joined, lead := c.Lookup(s.db, readKey(info, args), keys, ttl, time.Now(), (*cacheReader)(r))
 	switch {
 	case hit != nil:
 		r.route = "cache"
@@ -156,6 +141,39 @@ func (s *session) tryCache(r *request, info *command.Info, args [][]byte) bool {
 	}
 	return true
 }
+
+// cacheReader is a request as the cache's Reader.
+type cacheReader request
+
+// CanJoin lets a client join a read in flight only on the connection its own
+// in-flight commands are on, so its later commands still follow it. Joining
+// counts the request as the client's in flight there, like one of its own;
+// that is set up here, under the cache's lock, before the leader can
+// complete it.
+func (cr *cacheReader) CanJoin(owner any) bool {
+	r := (*request)(cr)
+	s := r.s
+	conn, _ := owner.(*pool.Conn)
+	if conn == nil || (s.upInFlight.Load() > 0 && conn != s.sticky) {
+		return false
+	}
+	r.route, r.upstream = "joined", true
+	s.srv.metrics.InFlight.Inc()
+	if s.upInFlight.Add(1) == 1 {
+		s.sticky, s.stickyLease = conn, nil
+	}
+	return true
+}
+
+// Lead counts the request as going upstream and picks its connection.
+func (cr *cacheReader) Lead() any {
+	r := (*request)(cr)
+	r.s.countUpstream(r)
+	return r.s.nextConn(r)
+}
+
+// Wait completes a joined request with the leader's outcome.
+func (cr *cacheReader) Wait(reply []byte, err error) { (*request)(cr).Complete(reply, err) }
 
 // invalidate tells the cache about a command that may write, before it is
 // sent: its keys, or its whole db when the keys are unknown.
