@@ -3,6 +3,7 @@ package proxy
 import (
 	"crypto/sha1"
 	"encoding/hex"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -23,11 +24,11 @@ type CacheRule struct {
 func ParseCacheRule(s string) (CacheRule, error) {
 	i := strings.LastIndexByte(s, '=')
 	if i <= 0 {
-		return CacheRule{}, errorf("cache rule %q: want PATTERN=TTL, e.g. 'bull:*=2s'", s)
+		return CacheRule{}, fmt.Errorf("cache rule %q: want PATTERN=TTL, e.g. 'bull:*=2s'", s)
 	}
 	ttl, err := time.ParseDuration(s[i+1:])
 	if err != nil || ttl <= 0 {
-		return CacheRule{}, errorf("cache rule %q: TTL must be a positive duration like 2s", s)
+		return CacheRule{}, fmt.Errorf("cache rule %q: TTL must be a positive duration like 2s", s)
 	}
 	return CacheRule{Pattern: s[:i], TTL: ttl}, nil
 }

@@ -5,7 +5,6 @@ import (
 	"net"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -126,8 +125,6 @@ func validClientName(name []byte) bool {
 	}
 	return true
 }
-
-func upper(b []byte) string { return strings.ToUpper(string(b)) }
 
 func slicesSortByID(ss []*session) {
 	sort.Slice(ss, func(i, j int) bool { return ss[i].id < ss[j].id })

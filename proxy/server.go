@@ -6,7 +6,6 @@ package proxy
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"strings"
@@ -200,8 +199,6 @@ func (srv *Server) accept(conn net.Conn) {
 		srv.metrics.ClientConnections.Dec()
 	}()
 }
-
-func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
 
 // maxDBPools bounds how many other-db pools a funnel makes.
 const maxDBPools = 64
