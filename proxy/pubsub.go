@@ -327,7 +327,10 @@ func (h *hub) run(out chan []byte) {
 		}
 		h.srv.log.Warn("pubsub upstream connection ended", "err", err)
 		h.failPending(err)
-		time.Sleep(backoff)
+		select {
+		case <-time.After(backoff):
+		case <-h.srv.closingCh:
+		}
 		backoff = min(2*backoff, time.Second)
 	}
 }
