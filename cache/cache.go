@@ -34,18 +34,13 @@ type Cache struct {
 	maxValue int
 
 	mu      sync.Mutex
-	clock   uint64              // advances on every invalidation
-	dbEpoch map[int]uint64      // last whole-db invalidation
-	keys    map[dbKey]*keyState // keys with entries or flights
-	entries map[cmdKey]*entry   // stored replies
-	flights map[cmdKey]*Flight  // reads in flight that others may join
-	lru     *list.List          // of *entry, most recent first
+	clock   uint64                       // advances on every invalidation
+	dbEpoch map[int]uint64               // last whole-db invalidation
+	keys    map[int]map[string]*keyState // by db: keys with entries or flights
+	entries map[cmdKey]*entry            // stored replies
+	flights map[cmdKey]*Flight           // reads in flight that others may join
+	lru     *list.List                   // of *entry, most recent first
 	stats   Stats
-}
-
-type dbKey struct {
-	db  int
-	key string
 }
 
 type cmdKey struct {
@@ -88,7 +83,7 @@ type Flight struct {
 func New(maxBytes int64, maxValue int) *Cache {
 	return &Cache{
 		maxBytes: maxBytes, maxValue: maxValue,
-		dbEpoch: map[int]uint64{}, keys: map[dbKey]*keyState{},
+		dbEpoch: map[int]uint64{}, keys: map[int]map[string]*keyState{},
 		entries: map[cmdKey]*entry{}, flights: map[cmdKey]*Flight{}, lru: list.New(),
 	}
 }
@@ -153,7 +148,7 @@ func (c *Cache) Finish(f *Flight, reply []byte, err error) {
 	}
 	db := f.key.db
 	for _, key := range f.keys {
-		if ks := c.keys[dbKey{db, key}]; ks != nil {
+		if ks := c.keys[db][key]; ks != nil {
 			ks.flights--
 		}
 	}
@@ -183,7 +178,7 @@ func (c *Cache) validSince(db int, keys []string, start uint64) bool {
 		return false
 	}
 	for _, key := range keys {
-		if ks := c.keys[dbKey{db, key}]; ks != nil && ks.lastWrite > start {
+		if ks := c.keys[db][key]; ks != nil && ks.lastWrite > start {
 			return false
 		}
 	}
@@ -220,7 +215,7 @@ func (c *Cache) removeEntry(e *entry) {
 	c.stats.Entries--
 	c.stats.Bytes -= e.size()
 	for _, key := range e.keys {
-		if ks := c.keys[dbKey{e.key.db, key}]; ks != nil {
+		if ks := c.keys[e.key.db][key]; ks != nil {
 			delete(ks.entries, e)
 			c.forgetIfUnused(e.key.db, key)
 		}
@@ -228,30 +223,36 @@ func (c *Cache) removeEntry(e *entry) {
 }
 
 func (c *Cache) track(db int, key string) *keyState {
-	k := dbKey{db, key}
-	ks := c.keys[k]
+	byKey := c.keys[db]
+	if byKey == nil {
+		byKey = map[string]*keyState{}
+		c.keys[db] = byKey
+	}
+	ks := byKey[key]
 	if ks == nil {
 		ks = &keyState{entries: map[*entry]bool{}}
-		c.keys[k] = ks
+		byKey[key] = ks
 	}
 	return ks
 }
 
 func (c *Cache) forgetIfUnused(db int, key string) {
-	k := dbKey{db, key}
-	if ks := c.keys[k]; ks != nil && ks.flights <= 0 && len(ks.entries) == 0 {
-		delete(c.keys, k)
+	if ks := c.keys[db][key]; ks != nil && ks.flights <= 0 && len(ks.entries) == 0 {
+		delete(c.keys[db], key)
 	}
 }
 
 // Invalidate records a write to keys of db, about to be sent: replies of
-// those keys are dropped, and reads in flight on them will not fill.
-func (c *Cache) Invalidate(db int, keys []string) {
+// those keys are dropped, and reads in flight on them will not fill. keys
+// are byte slices, so a write to a key nothing refers to costs no
+// allocation (the lookup by string(key) does not copy).
+func (c *Cache) Invalidate(db int, keys [][]byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.clock++
+	byKey := c.keys[db]
 	for _, key := range keys {
-		ks := c.keys[dbKey{db, key}]
+		ks := byKey[string(key)]
 		if ks == nil {
 			continue // nothing cached or in flight refers to it
 		}

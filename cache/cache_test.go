@@ -40,7 +40,7 @@ func TestWriteDropsEntry(t *testing.T) {
 	c := New(1<<20, 1<<10)
 	_, _, f := c.Lookup(0, "mget|a|b", []string{"a", "b"}, time.Second, t0, nil)
 	c.Finish(f, []byte("*2\r\n$-1\r\n$-1\r\n"), nil)
-	c.Invalidate(0, []string{"b"})
+	c.Invalidate(0, [][]byte{[]byte("b")})
 	if hit, _, _ := c.Lookup(0, "mget|a|b", []string{"a", "b"}, time.Second, t0, nil); hit != nil {
 		t.Fatal("entry survived a write to one of its keys")
 	}
@@ -55,7 +55,7 @@ func TestWriteDropsEntry(t *testing.T) {
 func TestFillRace(t *testing.T) {
 	c := New(1<<20, 1<<10)
 	_, _, f := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, nil)
-	c.Invalidate(0, []string{"k"})
+	c.Invalidate(0, [][]byte{[]byte("k")})
 	hit, joined, f2 := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, &reader{join: true})
 	if hit != nil || joined || f2 == nil {
 		t.Fatal("a read after a write joined a flight sent before it")
@@ -122,7 +122,7 @@ func TestLRUBound(t *testing.T) {
 	if hit, _, _ := c.Lookup(0, "get|k0", []string{"k0"}, time.Minute, t0, nil); hit != nil {
 		t.Fatal("oldest entry kept")
 	}
-	if len(c.keys) > int(s.Entries)+2 {
-		t.Fatalf("%d keys tracked for %d entries", len(c.keys), s.Entries)
+	if len(c.keys[0]) > int(s.Entries)+2 {
+		t.Fatalf("%d keys tracked for %d entries", len(c.keys[0]), s.Entries)
 	}
 }

@@ -200,12 +200,17 @@ func (s *session) invalidate(info *command.Info, args [][]byte) {
 		c.InvalidateDB(-1)
 		return
 	}
-	keys, complete := keyStrings(info, args)
-	if !complete || (len(keys) == 0 && !scripts[info.Name]) {
+	pos, complete := info.KeyPositions(s.keyPos[:0], args)
+	s.keyPos = pos
+	if !complete || (len(pos) == 0 && !scripts[info.Name]) {
 		c.InvalidateDB(s.db)
 		return
 	}
-	c.Invalidate(s.db, keys)
+	s.keyArgs = s.keyArgs[:0]
+	for _, p := range pos {
+		s.keyArgs = append(s.keyArgs, args[p])
+	}
+	c.Invalidate(s.db, s.keyArgs)
 }
 
 // cacheInfo renders the cache counters for INFO's Funnel section.

@@ -6,7 +6,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/funnel-proxy/funnel/pool"
 	"github.com/funnel-proxy/funnel/resp"
 	"github.com/tidwall/redcon"
 )
@@ -235,18 +234,14 @@ func cmdSelect(s *session, r *request, args [][]byte) {
 		r.Complete(nil, errSessionClosed)
 		return
 	}
-	done := fetchReply{ch: make(chan fetchResult, 1)}
-	s.srv.counters("select").upstream.Inc()
-	s.srv.stats.upstreamCommands.Add(1)
-	p.Submit(s.ctx(), p.Pick(), &pool.Request{Raw: r.Raw, Done: done})
-	res := <-done.ch
+	reply, err := s.srv.fetch(p, "select", r.Raw)
 	switch {
-	case res.err != nil && strings.Contains(res.err.Error(), "DB index is out of range"):
+	case err != nil && strings.Contains(err.Error(), "DB index is out of range"):
 		r.Complete(errReply("ERR DB index is out of range"), nil)
-	case res.err != nil:
-		r.Complete(nil, res.err)
-	case string(res.reply) != "+OK\r\n":
-		r.Complete(res.reply, nil)
+	case err != nil:
+		r.Complete(nil, err)
+	case string(reply) != "+OK\r\n":
+		r.Complete(reply, nil)
 	default:
 		s.db, s.pool, s.sticky, s.stickyLease = db, p, nil, nil
 		s.info.mu.Lock()
@@ -368,7 +363,7 @@ func clientList(s *session, r *request, args [][]byte) {
 func cmdCommand(s *session, r *request, args [][]byte) {
 	key := cacheKey(args) // args do not outlive this call
 	s.srv.fetchAsync(r, func() ([]byte, error) {
-		return s.srv.commandCache.get(s.srv, key, r.Raw, 0)
+		return s.srv.commandCache.get(s.srv, key, r.name, r.Raw, 0)
 	})
 }
 

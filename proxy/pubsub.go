@@ -110,49 +110,35 @@ func (s *session) subscribe(r *request, kind subKind, names [][]byte) {
 		s.subs = map[subKey]bool{}
 	}
 	var reply []byte
-	var waiting sync.WaitGroup
 	verb := subVerbs[kind][0]
-	var mu sync.Mutex
-	var failure error
+	// Each subscription reports its confirmation here, once; the channel
+	// holds them all, so the hub never waits on it.
+	confirmations := make(chan error, len(names))
 	for _, n := range names {
 		key := subKey{kind, string(n)}
 		s.subs[key] = true
 		reply = appendSubReply(reply, verb, n, s.subCount(kind))
-		waiting.Add(1)
-		s.srv.hub.add(s, key, func(err error) {
-			if err != nil {
-				mu.Lock()
-				failure = err
-				mu.Unlock()
-			}
-			waiting.Done()
-		})
+		s.srv.hub.add(s, key, func(err error) { confirmations <- err })
 	}
 	s.srv.metrics.PubSubSubscribers.Set(float64(s.srv.hub.clients()))
 	// Answer once the upstream has confirmed every subscription, or with an
 	// error after the upstream timeout.
-	confirmed := make(chan struct{})
-	s.srv.wg.Add(2)
-	go func() {
-		defer s.srv.wg.Done()
-		waiting.Wait()
-		close(confirmed)
-	}()
+	s.srv.wg.Add(1)
 	go func() {
 		defer s.srv.wg.Done()
 		timer := time.NewTimer(s.pool.Timeout())
 		defer timer.Stop()
-		select {
-		case <-confirmed:
-		case <-timer.C:
-			r.Complete(nil, errors.New("funnel: upstream did not confirm the subscription in time"))
-			return
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if failure != nil {
-			r.Complete(nil, failure)
-			return
+		for range names {
+			select {
+			case err := <-confirmations:
+				if err != nil {
+					r.Complete(nil, err)
+					return
+				}
+			case <-timer.C:
+				r.Complete(nil, errors.New("funnel: upstream did not confirm the subscription in time"))
+				return
+			}
 		}
 		r.Complete(reply, nil)
 	}()

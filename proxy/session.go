@@ -22,7 +22,6 @@ type session struct {
 	srv  *Server
 	conn net.Conn
 	id   int64
-	born time.Time
 
 	// queue carries requests from reader to writer in arrival order. It is
 	// bounded (Options.MaxPipeline); a reader that fills it waits, so a
@@ -57,6 +56,9 @@ type session struct {
 	// subs are the client's pub/sub subscriptions; any puts it in
 	// subscribed mode.
 	subs map[subKey]bool
+	// keyPos and keyArgs are scratch for invalidation, reused per command.
+	keyPos  []int
+	keyArgs [][]byte
 	// db is the client's selected db, and pool the pool that serves it.
 	db   int
 	pool *pool.Pool
@@ -72,7 +74,7 @@ type session struct {
 
 func newSession(srv *Server, conn net.Conn, id int64) *session {
 	s := &session{
-		srv: srv, conn: conn, id: id, born: time.Now(),
+		srv: srv, conn: conn, id: id,
 		queue: make(chan *request, srv.opts.MaxPipeline),
 		wake:  make(chan struct{}, 1),
 		idle:  make(chan struct{}, 1),

@@ -31,9 +31,10 @@ type cachedReply struct {
 // COMMAND INFO arguments are few in practice.
 const maxReplyCacheEntries = 256
 
-// get returns the reply to raw, from the cache when it is younger than ttl
-// (0: kept for good), else from the upstream. Error replies are not kept.
-func (c *replyCache) get(srv *Server, key string, raw []byte, ttl time.Duration) ([]byte, error) {
+// get returns the reply to raw (the command name, for metrics), from the
+// cache when it is younger than ttl (0: kept for good), else from the
+// upstream. Error replies are not kept.
+func (c *replyCache) get(srv *Server, key, name string, raw []byte, ttl time.Duration) ([]byte, error) {
 	c.mu.Lock()
 	e, ok := c.entries[key]
 	c.mu.Unlock()
@@ -41,7 +42,7 @@ func (c *replyCache) get(srv *Server, key string, raw []byte, ttl time.Duration)
 		return e.reply, nil
 	}
 	v, err, _ := c.group.Do(key, func() (any, error) {
-		reply, err := srv.fetch(raw)
+		reply, err := srv.fetch(srv.pool, name, raw)
 		if err != nil || len(reply) == 0 || reply[0] == '-' {
 			return reply, err
 		}
@@ -75,35 +76,16 @@ func (f fetchReply) Complete(reply []byte, err error) {
 	f.ch <- fetchResult{reply: bytes.Clone(reply), err: err}
 }
 
-// fetch sends raw upstream on any connection and waits for the reply. The
-// pool answers every request within its reply timeout, so this cannot hang.
-func (srv *Server) fetch(raw []byte) ([]byte, error) {
-	name := strings.ToLower(string(firstArg(raw)))
+// fetch sends raw (the command name, for metrics) on any connection of p
+// and waits for the reply. The pool answers every request within its reply
+// timeout, so this cannot hang.
+func (srv *Server) fetch(p *pool.Pool, name string, raw []byte) ([]byte, error) {
 	srv.counters(name).upstream.Inc()
 	srv.stats.upstreamCommands.Add(1)
 	done := fetchReply{ch: make(chan fetchResult, 1)}
-	srv.pool.Submit(context.Background(), srv.pool.Pick(), &pool.Request{Raw: raw, Done: done})
+	p.Submit(context.Background(), p.Pick(), &pool.Request{Raw: raw, Done: done})
 	res := <-done.ch
 	return res.reply, res.err
-}
-
-// firstArg returns the command name in a RESP multibulk request.
-func firstArg(raw []byte) []byte {
-	// *N\r\n$L\r\nNAME\r\n
-	i := bytes.Index(raw, []byte("\r\n$"))
-	if i < 0 {
-		return nil
-	}
-	rest := raw[i+3:]
-	j := bytes.Index(rest, []byte("\r\n"))
-	if j < 0 {
-		return nil
-	}
-	n, err := strconv.Atoi(string(rest[:j]))
-	if err != nil || j+2+n > len(rest) {
-		return nil
-	}
-	return rest[j+2 : j+2+n]
 }
 
 // fetchAsync completes r with fn's result on a goroutine of its own, so the
@@ -139,7 +121,7 @@ func cmdInfo(s *session, r *request, args [][]byte) {
 	}
 	key := cacheKey(args) // args do not outlive this call
 	srv.fetchAsync(r, func() ([]byte, error) {
-		reply, err := srv.infoCache.get(srv, key, r.Raw, srv.opts.InfoTTL)
+		reply, err := srv.infoCache.get(srv, key, "info", r.Raw, srv.opts.InfoTTL)
 		if err != nil || len(reply) == 0 || reply[0] != '$' {
 			return reply, err
 		}
@@ -185,7 +167,7 @@ func (srv *Server) whenVersionKnown(s *session, r *request, build func(version s
 		raw := redcon.AppendArray(nil, 2)
 		raw = redcon.AppendBulkString(raw, "INFO")
 		raw = redcon.AppendBulkString(raw, "server")
-		reply, err := srv.infoCache.get(srv, "info\x00server", raw, srv.opts.InfoTTL)
+		reply, err := srv.infoCache.get(srv, "info\x00server", "info", raw, srv.opts.InfoTTL)
 		if err != nil {
 			return nil, err
 		}

@@ -67,10 +67,6 @@ func NewRequestReader(rd io.Reader, limits Limits) *RequestReader {
 // has authenticated.
 func (r *RequestReader) SetLimits(l Limits) { r.limits = l }
 
-// Buffered reports whether bytes of a further command are already read, so a
-// caller can tell a pipelined burst from a lone command.
-func (r *RequestReader) Buffered() bool { return r.end > r.start }
-
 // Read returns the next command. It returns a *ProtocolError for malformed
 // input and the reader's error (io.EOF on a clean close) when the stream ends.
 func (r *RequestReader) Read() (Command, error) {

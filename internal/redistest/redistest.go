@@ -139,14 +139,6 @@ func (s *Server) login(c net.Conn, rd *bufio.Reader) error {
 	return err
 }
 
-// CommandCount returns how many times the server ran cmd (lower case, e.g.
-// "get" or "client|setinfo"), read from INFO commandstats.
-func (s *Server) CommandCount(t testing.TB, cmd string) int {
-	t.Helper()
-	stats := s.CommandStats(t)
-	return stats[cmd]
-}
-
 // CommandStats returns the calls per command from INFO commandstats.
 func (s *Server) CommandStats(t testing.TB) map[string]int {
 	t.Helper()
