@@ -42,6 +42,14 @@ func TestRedisCLI(t *testing.T) {
 	if got, want := cli(t, addr, session), cli(t, direct.Addr, session); got != want {
 		t.Errorf("interactive session differs:\nfunnel:\n%s\ndirect:\n%s", got, want)
 	}
+	// The same in RESP3 (redis-cli -3): maps, nulls and doubles print as
+	// Redis's own.
+	session3 := session + "ZADD z 1.5 m\nZSCORE z m\nHELLO\n"
+	got3, want3 := cli(t, addr, session3, "-3"), cli(t, direct.Addr, session3, "-3")
+	cut := func(s string) string { before, _, _ := strings.Cut(s, "server redis\n"); return before } // HELLO's id differs
+	if cut(got3) != cut(want3) || !strings.Contains(got3, "\nproto 3\n") {
+		t.Errorf("RESP3 session differs:\nfunnel:\n%s\ndirect:\n%s", got3, want3)
+	}
 
 	// Mass insertion with --pipe.
 	var proto bytes.Buffer
@@ -53,8 +61,8 @@ func TestRedisCLI(t *testing.T) {
 	if !strings.Contains(out, "errors: 0, replies: 100000") {
 		t.Fatalf("--pipe: %s", out)
 	}
-	// 100,000 keys plus the session's greeting, n, l and h.
-	if got := strings.TrimSpace(cli(t, addr, "", "DBSIZE")); got != "100004" {
+	// 100,000 keys plus the sessions' greeting, n, l, h and z.
+	if got := strings.TrimSpace(cli(t, addr, "", "DBSIZE")); got != "100005" {
 		t.Fatalf("DBSIZE after --pipe: %s", got)
 	}
 	if got := strings.TrimSpace(cli(t, addr, "", "GET", "key:99999")); got != "value:99999" {

@@ -220,9 +220,12 @@ func (c *Conn) serve(nc net.Conn, first *Request) {
 		})
 	}
 	readerDone := make(chan struct{})
+	var cut *Request
 	go func() {
 		defer close(readerDone)
-		breakConn(c.readLoop(nc, inflight))
+		var err error
+		cut, err = c.readLoop(nc, inflight)
+		breakConn(err)
 	}()
 	if err := c.writeLoop(nc, first, inflight, broken); err != nil {
 		breakConn(err)
@@ -235,6 +238,10 @@ func (c *Conn) serve(nc net.Conn, first *Request) {
 
 	failure := asPoolError(cause)
 	lost := 0
+	if cut != nil {
+		lost++
+		c.complete(cut, nil, failure)
+	}
 	for {
 		select {
 		case r := <-inflight:
@@ -299,7 +306,9 @@ func (c *Conn) writeLoop(nc net.Conn, first *Request, inflight chan<- *Request, 
 				return nil
 			}
 			c.armDeadline(next.Timeout)
-			if _, err := bw.Write(next.Raw); err != nil {
+			_, err := bw.Write(next.Raw)
+			next.sent.Store(true)
+			if err != nil {
 				return err
 			}
 			select {
@@ -387,34 +396,31 @@ func (c *Conn) setReadDeadline(t time.Time) {
 }
 
 // readLoop reads replies and hands each to the oldest written request. It
-// returns the error that ended the connection.
-func (c *Conn) readLoop(nc net.Conn, inflight <-chan *Request) (err error) {
+// returns the error that ended the connection, and the request whose reply
+// was cut off by it, if any: that one is failed by serve once the writer
+// has stopped, since the writer may still be writing it.
+func (c *Conn) readLoop(nc net.Conn, inflight <-chan *Request) (head *Request, err error) {
 	buf := make([]byte, readBuf)
 	start, end := 0, 0
 	var scan resp.ReplyScanner
-	var head *Request
 	got := 0
-	defer func() {
-		if head != nil { // its reply was cut off
-			c.complete(head, nil, asPoolError(err))
-		}
-	}()
 	for {
 		n, serr := scan.Scan(buf[start:end])
 		if err = serr; err != nil {
-			return &Error{Kind: "protocol", Err: err}
+			return head, &Error{Kind: "protocol", Err: err}
 		}
 		if n > 0 {
 			if head == nil {
 				select {
 				case head = <-inflight:
 				default:
-					return &Error{Kind: "protocol", Err: fmt.Errorf("reply with no request: %q", resp.Quote(buf[start:start+n], 64))}
+					return nil, &Error{Kind: "protocol", Err: fmt.Errorf("reply with no request: %q", resp.Quote(buf[start:start+n], 64))}
 				}
 				got = 0
 			}
 			got++
 			if got == head.replies() {
+				head.awaitSent()
 				c.complete(head, buf[start:start+n], nil)
 				head = nil
 				c.replied()
@@ -443,11 +449,11 @@ func (c *Conn) readLoop(nc net.Conn, inflight <-chan *Request) (err error) {
 			var ne net.Error
 			switch {
 			case errors.As(err, &ne) && ne.Timeout():
-				return &Error{Kind: "timeout", Err: fmt.Errorf("no reply within %v", c.pool.opts.Timeout)}
+				return head, &Error{Kind: "timeout", Err: fmt.Errorf("no reply within %v", c.pool.opts.Timeout)}
 			case head == nil && len(inflight) == 0 && end == start:
-				return fmt.Errorf("%w: %v", errIdleClosed, err)
+				return nil, fmt.Errorf("%w: %v", errIdleClosed, err)
 			}
-			return err
+			return head, err
 		}
 	}
 }

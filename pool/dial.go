@@ -1,7 +1,7 @@
 package pool
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -23,6 +23,9 @@ type Upstream struct {
 	Password string
 	DB       int
 	TLS      *tls.Config // nil for plain TCP
+	// Proto is the RESP version the connections speak: 2 (or 0) for RESP2,
+	// 3 for RESP3, which the login asks for with HELLO 3.
+	Proto int
 }
 
 // TLSOptions adjust TLS to the upstream beyond what the URL says.
@@ -103,44 +106,86 @@ func (u Upstream) connect(ctx context.Context, timeout time.Duration, login bool
 	if !login {
 		return nc, nil
 	}
-	var auth []byte
-	replies := 0
-	if u.Password != "" {
-		if u.Username != "" {
-			auth = resp.AppendCommand(auth, []byte("AUTH"), []byte(u.Username), []byte(u.Password))
-		} else {
-			auth = resp.AppendCommand(auth, []byte("AUTH"), []byte(u.Password))
-		}
-		replies++
-	}
-	if u.DB != 0 {
-		auth = resp.AppendCommand(auth, []byte("SELECT"), []byte(strconv.Itoa(u.DB)))
-		replies++
-	}
+	hello, replies := u.loginCommands()
 	if replies == 0 {
 		return nc, nil
 	}
 	deadline, _ := ctx.Deadline()
 	_ = nc.SetDeadline(deadline)
 	defer nc.SetDeadline(time.Time{})
-	if _, err := nc.Write(auth); err != nil {
+	if _, err := nc.Write(hello); err != nil {
 		nc.Close()
 		return nil, err
 	}
-	// The replies are short status lines; read them with a small reader that
-	// is dropped afterwards, so no byte of the stream is left behind in it:
-	// nothing else is sent until the login is answered.
-	rd := bufio.NewReaderSize(nc, 512)
-	for i := 0; i < replies; i++ {
-		line, err := rd.ReadString('\n')
-		if err != nil {
-			nc.Close()
-			return nil, err
-		}
-		if len(line) > 0 && line[0] == '-' {
-			nc.Close()
-			return nil, fmt.Errorf("login refused: %s", resp.Quote([]byte(line[1:len(line)-2]), 200))
-		}
+	if err := readLoginReplies(nc, replies); err != nil {
+		nc.Close()
+		return nil, err
 	}
 	return nc, nil
+}
+
+// loginCommands returns what a new connection sends before any request:
+// HELLO 3 (with AUTH) for RESP3, else AUTH when there is a password; then
+// SELECT when the db is not 0. It also returns how many replies they get.
+func (u Upstream) loginCommands() ([]byte, int) {
+	var b []byte
+	replies := 0
+	switch {
+	case u.Proto == 3:
+		args := [][]byte{[]byte("HELLO"), []byte("3")}
+		if u.Password != "" {
+			user := u.Username
+			if user == "" {
+				user = "default"
+			}
+			args = append(args, []byte("AUTH"), []byte(user), []byte(u.Password))
+		}
+		b = resp.AppendCommand(b, args...)
+		replies++
+	case u.Password != "" && u.Username != "":
+		b = resp.AppendCommand(b, []byte("AUTH"), []byte(u.Username), []byte(u.Password))
+		replies++
+	case u.Password != "":
+		b = resp.AppendCommand(b, []byte("AUTH"), []byte(u.Password))
+		replies++
+	}
+	if u.DB != 0 {
+		b = resp.AppendCommand(b, []byte("SELECT"), []byte(strconv.Itoa(u.DB)))
+		replies++
+	}
+	return b, replies
+}
+
+// readLoginReplies reads exactly n replies and fails on an error reply.
+// Nothing else is sent until the login is answered, so no byte past the
+// last reply can arrive and nothing read here belongs to a later request.
+func readLoginReplies(nc net.Conn, n int) error {
+	buf := make([]byte, 0, 512)
+	var scan resp.ReplyScanner
+	for n > 0 {
+		m, err := scan.Scan(buf)
+		switch {
+		case err != nil:
+			return err
+		case m > 0:
+			if buf[0] == '-' || buf[0] == '!' {
+				return fmt.Errorf("login refused: %s", resp.Quote(bytes.TrimSpace(buf[1:m]), 200))
+			}
+			buf = buf[m:]
+			n--
+			continue
+		}
+		if len(buf) == cap(buf) {
+			buf = append(buf, make([]byte, cap(buf))...)[:len(buf)]
+		}
+		k, err := nc.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+k]
+		if err != nil {
+			return err
+		}
+	}
+	if len(buf) > 0 {
+		return fmt.Errorf("login: unexpected bytes after the replies: %s", resp.Quote(buf, 64))
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -88,6 +89,37 @@ func TestLazyConnectAndLogin(t *testing.T) {
 	}
 }
 
+// TestRESP3Login: a RESP3 pool logs in with HELLO 3 AUTH (one command for
+// both) and SELECT, and its replies come in RESP3.
+func TestRESP3Login(t *testing.T) {
+	rs := redistest.Start(t, "--requirepass", "pw")
+	up, err := ParseURL("redis://:pw@"+rs.Addr+"/2", TLSOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.Proto = 3
+	p := New(up, Options{Size: 1, Metrics: metrics.New(prometheus.NewRegistry())})
+	t.Cleanup(func() { p.Close(context.Background()) })
+	before := rs.CommandStats(t)
+	if got, err := do(t, p, "*4\r\n$4\r\nHSET\r\n$1\r\nh\r\n$1\r\nf\r\n$1\r\nv\r\n"); err != nil || got != ":1\r\n" {
+		t.Fatalf("HSET: %q %v", got, err)
+	}
+	if got, err := do(t, p, "*2\r\n$7\r\nHGETALL\r\n$1\r\nh\r\n"); err != nil || got != "%1\r\n$1\r\nf\r\n$1\r\nv\r\n" {
+		t.Fatalf("HGETALL in RESP3: %q %v", got, err)
+	}
+	stats := rs.CommandStats(t)
+	if stats["hello"]-before["hello"] != 1 || stats["select"] != 1 || stats["auth"]-before["auth"] != 1 {
+		t.Fatalf("login commands: hello %d select %d auth %d (1 is CommandStats')", stats["hello"]-before["hello"], stats["select"], stats["auth"]-before["auth"])
+	}
+	// The wrong password fails the login with Redis's error.
+	up.Password = "bad"
+	bad := New(up, Options{Size: 1, Metrics: metrics.New(prometheus.NewRegistry())})
+	t.Cleanup(func() { bad.Close(context.Background()) })
+	if _, err := do(t, bad, "*1\r\n$4\r\nPING\r\n"); err == nil || !strings.Contains(err.Error(), "login refused: WRONGPASS") {
+		t.Fatalf("wrong password: %v", err)
+	}
+}
+
 func TestWrongPasswordIsUnavailable(t *testing.T) {
 	rs := redistest.Start(t, "--requirepass", "pw")
 	p := newPool(t, "redis://:bad@"+rs.Addr, Options{Size: 1})
@@ -139,5 +171,37 @@ func TestPickConcentratesLoad(t *testing.T) {
 	defer first.load.Add(-pipelineDepth)
 	if p.Pick() == first {
 		t.Fatal("Pick did not spread load off a busy connection")
+	}
+}
+
+// reuser overwrites the request's bytes as soon as it completes, as funnel
+// does when it recycles a request.
+type reuser struct {
+	raw []byte
+	res *result
+}
+
+func (u reuser) Complete(reply []byte, err error) {
+	for i := range u.raw {
+		u.raw[i] = 'x'
+	}
+	u.res.Complete(reply, err)
+}
+
+// TestCompletedRequestBytesAreFree: a completer may reuse Raw at once. Run
+// with -race, this fails if the writer could still be reading Raw (a large
+// request is written straight from it) with no happens-before edge to the
+// completion.
+func TestCompletedRequestBytesAreFree(t *testing.T) {
+	rs := redistest.Start(t)
+	p := newPool(t, "redis://"+rs.Addr, Options{Size: 1})
+	for i := 0; i < 20; i++ {
+		val := strings.Repeat("v", 256<<10)
+		raw := []byte(fmt.Sprintf("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%s\r\n", len(val), val))
+		res := newResult()
+		p.Submit(context.Background(), p.Pick(), &Request{Raw: raw, Done: reuser{raw: raw, res: res}})
+		if got, err := res.wait(t); err != nil || got != "+OK\r\n" {
+			t.Fatalf("SET: %q %v", got, err)
+		}
 	}
 }

@@ -3,6 +3,8 @@ package pool
 import (
 	"errors"
 	"fmt"
+	"runtime"
+	"sync/atomic"
 	"time"
 )
 
@@ -54,6 +56,12 @@ type Request struct {
 	Timeout time.Duration
 	// Done is told the outcome.
 	Done Completer
+
+	// sent is set by the writer once it no longer reads Raw. The reader
+	// completes a request only after that: the reply cannot come before the
+	// bytes went out, but the socket gives no happens-before edge, and the
+	// completer may reuse Raw at once.
+	sent atomic.Bool
 }
 
 // NoTimeout is a Request.Timeout for a reply that may never come on its own.
@@ -64,4 +72,13 @@ func (r *Request) replies() int {
 		return 1
 	}
 	return r.Replies
+}
+
+// awaitSent returns once the writer is done with r.Raw. By the time r's
+// reply is read that is almost always so already; otherwise the writer is
+// a few instructions from it.
+func (r *Request) awaitSent() {
+	for !r.sent.Load() {
+		runtime.Gosched()
+	}
 }

@@ -124,6 +124,13 @@ func TestManyBlockedClients(t *testing.T) {
 			defer rdb.Close()
 			key := fmt.Sprintf("list:%d", i)
 			timeout := time.Second
+			// Connect (and shake hands) first: the clock is for BLPOP alone.
+			if err := rdb.Ping(ctx).Err(); err != nil {
+				mu.Lock()
+				problems = append(problems, fmt.Sprintf("client %d: ping: %v", i, err))
+				mu.Unlock()
+				return
+			}
 			start := time.Now()
 			v, err := rdb.BLPop(ctx, timeout, key).Result()
 			took := time.Since(start)

@@ -88,20 +88,26 @@ func keyStrings(info *command.Info, args [][]byte) ([]string, bool) {
 	return keys, complete
 }
 
-// cacheKey names a read for the cache: the command and its arguments, with
-// a script's body replaced by its SHA1.
-func readKey(info *command.Info, args [][]byte) string {
+// readKey names a read for the cache: the command and its arguments, with
+// a script's body replaced by its SHA1. A RESP3 client's reads are kept
+// apart (their replies have other types), under a key that starts with "3".
+func readKey(info *command.Info, args [][]byte, resp3 bool) string {
+	prefix := ""
+	if resp3 {
+		prefix = "3"
+	}
 	if scripts[info.Name] {
-		norm := append([][]byte{[]byte(strings.TrimSuffix(strings.TrimSuffix(info.Name, "_ro"), "sha")), []byte(scriptSHA(info.Name, args))}, args[2:]...)
+		norm := append([][]byte{[]byte(prefix + strings.TrimSuffix(strings.TrimSuffix(info.Name, "_ro"), "sha")), []byte(scriptSHA(info.Name, args))}, args[2:]...)
 		return string(resp.AppendCommand(nil, norm...))
 	}
 	// One allocation: the builder is sized first and String does not copy.
-	n := len(info.Name) + 1
+	n := len(prefix) + len(info.Name) + 1
 	for _, a := range args[1:] {
 		n += len(a) + 12
 	}
 	var b strings.Builder
 	b.Grow(n)
+	b.WriteString(prefix)
 	b.WriteString(info.Name)
 	b.WriteByte(0)
 	var digits [20]byte
@@ -129,7 +135,7 @@ func (s *session) tryCache(r *request, info *command.Info, args [][]byte) bool {
 	if ttl == 0 && s.srv.opts.DisableCoalesce {
 		return false
 	}
-	hit, joined, lead := c.Lookup(s.db, readKey(info, args), keys, ttl, time.Now(), (*cacheReader)(r))
+	hit, joined, lead := c.Lookup(s.db, readKey(info, args, s.resp3()), keys, ttl, time.Now(), (*cacheReader)(r))
 	switch {
 	case hit != nil:
 		r.route = "cache"

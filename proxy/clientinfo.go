@@ -1,13 +1,14 @@
 package proxy
 
 import (
-	"github.com/funnel-proxy/funnel/command"
 	"net"
 	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/funnel-proxy/funnel/command"
 )
 
 // clientInfo is what CLIENT INFO and CLIENT LIST show of a session. Other
@@ -19,6 +20,9 @@ type clientInfo struct {
 
 	lastCmd    atomic.Pointer[string]
 	lastActive atomic.Int64 // unix nanoseconds
+	// resp3 is set while the client speaks RESP3 (after HELLO 3). The pub/sub
+	// hub reads it to shape the messages it pushes.
+	resp3 atomic.Bool
 
 	mu      sync.Mutex
 	name    string
@@ -108,11 +112,19 @@ func (c *clientInfo) line(dst []byte, flags string) []byte {
 	field("cmd", *c.lastCmd.Load())
 	field("user", "default")
 	num("redir", -1)
-	num("resp", 2)
+	num("resp", int64(c.proto()))
 	field("lib-name", libName)
 	dst = append(dst, "lib-ver="...)
 	dst = append(dst, libVer...)
 	return append(dst, '\n')
+}
+
+// proto returns the client's RESP version.
+func (c *clientInfo) proto() int {
+	if c.resp3.Load() {
+		return 3
+	}
+	return 2
 }
 
 // validClientName reports whether Redis would accept name for CLIENT

@@ -43,6 +43,9 @@ var rawCommands = [][]string{
 	{"SET", "big1", strings.Repeat("x", 1<<20)}, {"GET", "big1"},
 	{"SET", "big50", strings.Repeat("y", 50<<20)}, {"STRLEN", "big50"}, {"GET", "big50"},
 	{"ECHO", "hi"}, {"PING"}, {"PING", "msg"},
+	{"EVAL", "return redis.setresp(3) and {double=1.5}", "0"}, {"EVAL", "return redis.call('HGETALL', KEYS[1])", "1", "h"},
+	{"CLIENT", "GETNAME"}, {"COMMAND", "INFO", "get"}, {"BLPOP", "nol", "0.01"}, {"BZPOPMIN", "noz", "0.01"},
+	{"MULTI"}, {"HGETALL", "h"}, {"ZSCORE", "z", "two"}, {"EXEC"},
 }
 
 func binaryValue() string {
@@ -53,30 +56,42 @@ func binaryValue() string {
 	return string(b)
 }
 
+// TestRawRepliesMatchDirect runs rawCommands in RESP2 and, after HELLO 3, in
+// RESP3, where maps, sets, doubles, nulls and verbatim strings come back
+// from RESP3 upstream connections as Redis sent them.
 func TestRawRepliesMatchDirect(t *testing.T) {
 	if len(rawCommands) < 60 {
 		t.Fatalf("only %d commands", len(rawCommands))
 	}
-	direct := redistest.Start(t)
-	f := startFunnel(t, Options{}, pool.Options{})
-	dc := dialRaw(t, direct.Addr)
-	fc := dialRaw(t, f.Addr)
-	for _, cmd := range rawCommands {
-		want := dc.do(cmd...)
-		got := fc.do(cmd...)
-		if got != want {
-			t.Errorf("%s: through funnel %q, direct %q", short(strings.Join(cmd, " ")), short(got), short(want))
-		}
-	}
-	// The same commands pipelined in one write must give the same bytes too.
-	var want []string
-	for _, cmd := range rawCommands[:40] {
-		fc.send(cmd...)
-		want = append(want, dc.do(cmd...))
-	}
-	for i := range want {
-		if got := fc.reply(); got != want[i] {
-			t.Errorf("pipelined %d: got %q want %q", i, short(got), short(want[i]))
-		}
+	for _, proto := range []string{"2", "3"} {
+		t.Run("resp"+proto, func(t *testing.T) {
+			direct := redistest.Start(t)
+			f := startFunnel(t, Options{}, pool.Options{})
+			dc := dialRaw(t, direct.Addr)
+			fc := dialRaw(t, f.Addr)
+			want, got := dc.do("HELLO", proto), fc.do("HELLO", proto)
+			if strings.Contains(want, "proto\r\n:"+proto) != strings.Contains(got, "proto\r\n:"+proto) || got[0] != want[0] {
+				t.Fatalf("HELLO %s: through funnel %q, direct %q", proto, got, want)
+			}
+			for _, cmd := range rawCommands {
+				want := dc.do(cmd...)
+				got := fc.do(cmd...)
+				if got != want {
+					t.Errorf("%s: through funnel %q, direct %q", short(strings.Join(cmd, " ")), short(got), short(want))
+				}
+			}
+			// The same commands pipelined in one write must give the same
+			// bytes too.
+			var want2 []string
+			for _, cmd := range rawCommands[:40] {
+				fc.send(cmd...)
+				want2 = append(want2, dc.do(cmd...))
+			}
+			for i := range want2 {
+				if got := fc.reply(); got != want2[i] {
+					t.Errorf("pipelined %d: got %q want %q", i, short(got), short(want2[i]))
+				}
+			}
+		})
 	}
 }

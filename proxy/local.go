@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/funnel-proxy/funnel/pool"
 	"github.com/funnel-proxy/funnel/resp"
 	"github.com/tidwall/redcon"
 )
@@ -76,13 +77,12 @@ func cmdReset(s *session, r *request, args [][]byte) {
 	s.setAuthed(s.srv.opts.RequirePass == "")
 	s.multi = nil
 	s.leavePubSub()
-	if s.pool != s.srv.pool && s.lease == nil && s.waitIdle() {
-		s.db, s.pool, s.sticky, s.stickyLease = s.srv.pool.Upstream().DB, s.srv.pool, nil, nil
-		s.info.mu.Lock()
-		s.info.db = s.db
-		s.info.mu.Unlock()
-	}
 	s.endWatch(r, []byte("+RESET\r\n"))
+	// Back to the URL's db in RESP2, once the UNWATCH above (if any) and
+	// everything before it are answered.
+	if s.pool != s.srv.pool && s.waitIdle() {
+		s.usePool(s.srv.pool, s.srv.pool.Upstream().DB, 2)
+	}
 }
 
 func (s *session) setAuthed(ok bool) {
@@ -131,21 +131,22 @@ func cmdAuth(s *session, r *request, args [][]byte) {
 }
 
 // cmdHello follows Redis's HELLO: [protover [AUTH user pass] [SETNAME name]].
-// Funnel speaks RESP2 only for now, so HELLO 3 gets NOPROTO, on which
-// ioredis, go-redis and node-redis fall back to RESP2 by themselves.
+// HELLO 3 moves the client to pools whose upstream connections speak RESP3,
+// so their replies still pass through unchanged; an upstream older than
+// Redis 6 has no RESP3, and the client gets NOPROTO, as from that Redis.
 func cmdHello(s *session, r *request, args [][]byte) {
-	next := 1
+	proto, next := s.info.proto(), 1
 	if len(args) >= 2 {
 		ver, err := strconv.ParseInt(string(args[1]), 10, 64)
 		if err != nil {
 			r.Complete(errReply("ERR Protocol version is not an integer or out of range"), nil)
 			return
 		}
-		if ver != 2 {
+		if ver != 2 && ver != 3 {
 			r.Complete(errReply("NOPROTO unsupported protocol version"), nil)
 			return
 		}
-		next = 2
+		proto, next = int(ver), 2
 	}
 	var user, pass, name []byte
 	for j := next; j < len(args); j++ {
@@ -162,42 +163,95 @@ func cmdHello(s *session, r *request, args [][]byte) {
 			return
 		}
 	}
-	if user != nil {
-		if !s.checkPassword(user, pass) {
-			s.srv.metrics.Errors.WithLabelValues("auth_failed").Inc()
-			r.Complete(wrongPass, nil)
-			return
-		}
-		s.setAuthed(true)
+	if user != nil && !s.checkPassword(user, pass) {
+		s.srv.metrics.Errors.WithLabelValues("auth_failed").Inc()
+		r.Complete(wrongPass, nil)
+		return
 	}
-	if !s.authed {
+	if user == nil && !s.authed {
 		r.Complete(errReply("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time"), nil)
 		return
 	}
-	if name != nil {
-		if !validClientName(name) {
-			r.Complete(errReply("ERR Client names cannot contain spaces, newlines or special characters."), nil)
+	if name != nil && !validClientName(name) {
+		r.Complete(errReply("ERR Client names cannot contain spaces, newlines or special characters."), nil)
+		return
+	}
+	version, refusal, err := s.helloVersion(proto)
+	switch {
+	case err != nil:
+		r.Complete(nil, err)
+		return
+	case refusal != nil:
+		r.Complete(refusal, nil)
+		return
+	case proto == 3 && !supportsRESP3(version):
+		r.Complete(errReply("NOPROTO unsupported protocol version"), nil)
+		return
+	}
+	if proto != s.info.proto() {
+		p, refusal := s.poolToSwitch(s.db, proto, "HELLO "+strconv.Itoa(proto))
+		if refusal != nil {
+			r.Complete(refusal, nil)
 			return
 		}
+		s.usePool(p, s.db, proto)
+	}
+	if user != nil {
+		s.setAuthed(true)
+	}
+	if name != nil {
 		s.info.setName(string(name))
 	}
-	s.srv.whenVersionKnown(s, r, func(version string) []byte {
-		b := redcon.AppendArray(nil, 14)
-		for _, kv := range [][2]string{{"server", "redis"}, {"version", version}} {
-			b = redcon.AppendBulkString(b, kv[0])
-			b = redcon.AppendBulkString(b, kv[1])
+	r.Complete(helloReply(proto, version, s.id), nil)
+}
+
+// helloVersion returns the upstream's version for HELLO. It asks the pool
+// the client is about to use, so a funnel whose clients all speak RESP3
+// opens no RESP2 connection. If a RESP3 connection cannot log in, RESP2
+// tells whether the upstream is too old for RESP3.
+func (s *session) helloVersion(proto int) (version string, refusal []byte, err error) {
+	p := s.pool
+	if proto == 3 {
+		if p3 := s.srv.poolFor(s.db, 3); p3 != nil {
+			p = p3
 		}
-		b = redcon.AppendBulkString(b, "proto")
-		b = redcon.AppendInt(b, 2)
-		b = redcon.AppendBulkString(b, "id")
-		b = redcon.AppendInt(b, s.id)
-		for _, kv := range [][2]string{{"mode", "standalone"}, {"role", "master"}} {
-			b = redcon.AppendBulkString(b, kv[0])
-			b = redcon.AppendBulkString(b, kv[1])
+	}
+	version, refusal, err = s.srv.upstreamVersion(p)
+	if err != nil && p != s.pool {
+		if v, r, err2 := s.srv.upstreamVersion(s.pool); err2 == nil && r == nil && !supportsRESP3(v) {
+			return v, nil, nil
 		}
-		b = redcon.AppendBulkString(b, "modules")
-		return redcon.AppendArray(b, 0)
-	})
+	}
+	return version, refusal, err
+}
+
+// poolToSwitch returns the pool for db in RESP version proto, once nothing
+// of the client is in flight, so no command overtakes the switch; or an
+// error reply. what names the command asking, for that reply.
+func (s *session) poolToSwitch(db, proto int, what string) (*pool.Pool, []byte) {
+	if s.lease != nil {
+		// Redis allows SELECT and HELLO inside a WATCH span; funnel would
+		// need the watching connection in both dbs or protocols.
+		return nil, errReply("ERR funnel: " + what + " inside a WATCH span is not supported through the proxy")
+	}
+	p := s.srv.poolFor(db, proto)
+	if p == nil {
+		return nil, errReply("ERR funnel: too many dbs in use (at most " + strconv.Itoa(maxDBPools) + " pools of dbs and protocols)")
+	}
+	if !s.waitIdle() {
+		return nil, errReply("ERR " + errSessionClosed.Error())
+	}
+	return p, nil
+}
+
+// usePool makes p, which serves db in RESP version proto, the client's pool.
+// The client must have nothing in flight.
+func (s *session) usePool(p *pool.Pool, db, proto int) {
+	s.db, s.pool, s.sticky, s.stickyLease = db, p, nil, nil
+	s.info.resp3.Store(proto == 3)
+	s.info.mu.Lock()
+	s.info.db = db
+	s.info.mu.Unlock()
 }
 
 // cmdSelect switches the client to another db. Commands in the URL's db go
@@ -219,19 +273,9 @@ func cmdSelect(s *session, r *request, args [][]byte) {
 		r.Complete(replyOK, nil)
 		return
 	}
-	if s.lease != nil {
-		// Redis allows SELECT inside a WATCH span; funnel would need the
-		// watching connection in both dbs.
-		r.Complete(errReply("ERR funnel: SELECT inside a WATCH span is not supported through the proxy"), nil)
-		return
-	}
-	p := s.srv.poolFor(db)
-	if p == nil {
-		r.Complete(errReply("ERR funnel: too many dbs in use (at most "+strconv.Itoa(maxDBPools)+")"), nil)
-		return
-	}
-	if !s.waitIdle() {
-		r.Complete(nil, errSessionClosed)
+	p, refusal := s.poolToSwitch(db, s.info.proto(), "SELECT")
+	if refusal != nil {
+		r.Complete(refusal, nil)
 		return
 	}
 	reply, err := s.srv.fetch(p, "select", r.Raw)
@@ -243,10 +287,7 @@ func cmdSelect(s *session, r *request, args [][]byte) {
 	case string(reply) != "+OK\r\n":
 		r.Complete(reply, nil)
 	default:
-		s.db, s.pool, s.sticky, s.stickyLease = db, p, nil, nil
-		s.info.mu.Lock()
-		s.info.db = db
-		s.info.mu.Unlock()
+		s.usePool(p, db, s.info.proto())
 		r.Complete(replyOK, nil)
 	}
 }
@@ -267,7 +308,7 @@ func cmdClient(s *session, r *request, args [][]byte) {
 		}
 	case "getname":
 		if name := s.info.getName(); name == "" {
-			r.Complete(replyNil, nil)
+			r.Complete(s.nullReply(), nil)
 		} else {
 			r.Complete(redcon.AppendBulkString(nil, name), nil)
 		}
@@ -276,7 +317,7 @@ func cmdClient(s *session, r *request, args [][]byte) {
 	case "setinfo":
 		clientSetInfo(s, r, args)
 	case "info":
-		r.Complete(redcon.AppendBulk(nil, s.info.line(nil, "N")), nil)
+		r.Complete(s.verbatim(s.info.line(nil, "N")), nil)
 	case "list":
 		clientList(s, r, args)
 	case "no-evict", "no-touch":
@@ -355,15 +396,18 @@ func clientList(s *session, r *request, args [][]byte) {
 			}
 		}
 	}
-	r.Complete(redcon.AppendBulk(nil, out), nil)
+	r.Complete(s.verbatim(out), nil)
 }
 
 // cmdCommand answers COMMAND and its subcommands from a copy fetched from the
 // upstream once: the table does not change while the upstream runs.
 func cmdCommand(s *session, r *request, args [][]byte) {
 	key := cacheKey(args) // args do not outlive this call
+	p, proto := s.pool, s.info.proto()
 	s.srv.fetchAsync(r, func() ([]byte, error) {
-		return s.srv.commandCache.get(s.srv, key, r.name, r.Raw, 0)
+		// COMMAND's replies differ by protocol (sets and maps in RESP3), not
+		// by db: ask the client's pool, keep one copy per protocol.
+		return s.srv.commandCache.get(s.srv, p, strconv.Itoa(proto)+key, r.name, r.Raw, 0)
 	})
 }
 

@@ -9,25 +9,29 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// TestHandshakeCostsNothingUpstream replays the ioredis handshake (HELLO 3,
-// NOPROTO, then RESP2 with CLIENT SETINFO twice and INFO) and go-redis's
-// default one on many connections. After the first INFO fetch, none of it
-// reaches the upstream.
+// TestHandshakeCostsNothingUpstream replays the ioredis 6 handshake (HELLO
+// 3, CLIENT SETINFO twice, INFO), redis-cli's (RESP2, no HELLO) and
+// go-redis's default one on many connections. After the first INFO fetch,
+// none of it reaches the upstream; only the RESP3 pool's connections each
+// said HELLO 3 once, when they were dialed.
 func TestHandshakeCostsNothingUpstream(t *testing.T) {
-	f := startFunnel(t, Options{}, pool.Options{})
+	f := startFunnel(t, Options{}, pool.Options{Size: 3})
 	ctx := context.Background()
 	before := f.Redis.CommandStats(t)
 	for i := 0; i < 20; i++ {
 		c := dialRaw(t, f.Addr)
-		if got := c.do("HELLO", "3"); got != "-NOPROTO unsupported protocol version\r\n" {
+		if got := c.do("HELLO", "3"); !strings.HasPrefix(got, "%7\r\n$6\r\nserver\r\n") || !strings.Contains(got, "proto\r\n:3\r\n") {
 			t.Fatalf("HELLO 3: %q", got)
 		}
-		for _, kv := range [][2]string{{"LIB-NAME", "ioredis"}, {"LIB-VER", "5.4.1"}} {
+		for _, kv := range [][2]string{{"LIB-NAME", "ioredis"}, {"LIB-VER", "6.0.0"}} {
 			if got := c.do("CLIENT", "SETINFO", kv[0], kv[1]); got != "+OK\r\n" {
 				t.Fatalf("CLIENT SETINFO: %q", got)
 			}
 		}
 		info := c.do("INFO")
+		if !strings.HasPrefix(info, "=") || !strings.Contains(info, "txt:# Server") {
+			t.Fatalf("INFO in RESP3 is not a verbatim string: %q", short(info))
+		}
 		for _, want := range []string{"redis_version:", "loading:0", "maxmemory_policy:", "# Funnel"} {
 			if !strings.Contains(info, want) {
 				t.Fatalf("INFO lacks %q", want)
@@ -36,6 +40,14 @@ func TestHandshakeCostsNothingUpstream(t *testing.T) {
 		if got := c.do("CLIENT", "SETNAME", "worker:"+string(rune('a'+i))); got != "+OK\r\n" {
 			t.Fatalf("SETNAME: %q", got)
 		}
+		if got := c.do("GET", "k"); got != "_\r\n" {
+			t.Fatalf("GET of a missing key in RESP3: %q", got)
+		}
+		cli := dialRaw(t, f.Addr)
+		if info := cli.do("INFO", "server"); !strings.HasPrefix(info, "$") {
+			t.Fatalf("INFO in RESP2 is not a bulk string: %q", short(info))
+		}
+		cli.do("QUIT")
 		rdb := redis.NewClient(&redis.Options{Addr: f.Addr, ClientName: "gr", PoolSize: 1})
 		if err := rdb.Ping(ctx).Err(); err != nil {
 			t.Fatal(err)
@@ -44,14 +56,18 @@ func TestHandshakeCostsNothingUpstream(t *testing.T) {
 		c.do("QUIT")
 	}
 	stats := f.Redis.CommandStats(t)
-	for _, cmd := range []string{"hello", "client|setinfo", "client|setname", "ping", "quit", "select", "auth"} {
+	for _, cmd := range []string{"client|setinfo", "client|setname", "ping", "quit", "select", "auth"} {
 		if stats[cmd] != before[cmd] {
 			t.Errorf("upstream ran %s %d times", cmd, stats[cmd]-before[cmd])
 		}
 	}
-	// The earlier CommandStats call was an INFO of its own.
-	if got := stats["info"] - before["info"] - 1; got != 1 {
-		t.Errorf("upstream ran INFO %d times, want 1 (cached)", got)
+	if n := stats["hello"] - before["hello"]; n < 1 || n > 3 {
+		t.Errorf("upstream ran HELLO %d times, want once per RESP3 pool connection (1 to 3)", n)
+	}
+	// The earlier CommandStats call was an INFO of its own. INFO and INFO
+	// server are cached apart.
+	if got := stats["info"] - before["info"] - 1; got != 2 {
+		t.Errorf("upstream ran INFO %d times, want 2 (cached)", got)
 	}
 }
 

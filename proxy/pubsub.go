@@ -117,7 +117,7 @@ func (s *session) subscribe(r *request, kind subKind, names [][]byte) {
 	for _, n := range names {
 		key := subKey{kind, string(n)}
 		s.subs[key] = true
-		reply = appendSubReply(reply, verb, n, s.subCount(kind))
+		reply = s.appendSubReply(reply, verb, n, s.subCount(kind))
 		s.srv.hub.add(s, key, func(err error) { confirmations <- err })
 	}
 	s.srv.metrics.PubSubSubscribers.Set(float64(s.srv.hub.clients()))
@@ -155,9 +155,9 @@ func (s *session) unsubscribe(r *request, kind subKind, names [][]byte) {
 	}
 	var reply []byte
 	if len(names) == 0 {
-		reply = redcon.AppendArray(reply, 3)
+		reply = s.pushHeader(reply, 3)
 		reply = redcon.AppendBulkString(reply, verb)
-		reply = redcon.AppendNull(reply)
+		reply = append(reply, s.nullReply()...)
 		reply = redcon.AppendInt(reply, int64(s.subCount(kind)))
 	}
 	for _, n := range names {
@@ -166,7 +166,7 @@ func (s *session) unsubscribe(r *request, kind subKind, names [][]byte) {
 			delete(s.subs, key)
 			s.srv.hub.remove(s, key)
 		}
-		reply = appendSubReply(reply, verb, n, s.subCount(kind))
+		reply = s.appendSubReply(reply, verb, n, s.subCount(kind))
 	}
 	s.srv.metrics.PubSubSubscribers.Set(float64(s.srv.hub.clients()))
 	r.Complete(reply, nil)
@@ -181,8 +181,8 @@ func (s *session) leavePubSub() {
 	s.srv.metrics.PubSubSubscribers.Set(float64(s.srv.hub.clients()))
 }
 
-func appendSubReply(b []byte, verb string, name []byte, count int) []byte {
-	b = redcon.AppendArray(b, 3)
+func (s *session) appendSubReply(b []byte, verb string, name []byte, count int) []byte {
+	b = s.pushHeader(b, 3)
 	b = redcon.AppendBulkString(b, verb)
 	b = redcon.AppendBulk(b, name)
 	return redcon.AppendInt(b, int64(count))
@@ -484,6 +484,9 @@ func (s *session) push(raw []byte) {
 	r := newRequest(s, nil)
 	r.route = "pubsub"
 	r.Complete(raw, nil)
+	if s.resp3() {
+		r.reply[0] = '>' // the hub's RESP2 array becomes a RESP3 push
+	}
 	select {
 	case s.queue <- r:
 	default:

@@ -14,34 +14,51 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// TestPubSubRepliesMatchDirect compares subscribe-mode replies byte for
-// byte with Redis's own.
+// TestPubSubRepliesMatchDirect compares subscribe-mode replies and messages
+// byte for byte with Redis's own, in RESP2 (arrays; few commands allowed)
+// and RESP3 (pushes; any command allowed).
 func TestPubSubRepliesMatchDirect(t *testing.T) {
-	direct := redistest.Start(t)
-	f := startFunnel(t, Options{}, pool.Options{})
-	dc, fc := dialRaw(t, direct.Addr), dialRaw(t, f.Addr)
-	script := [][]string{
-		{"UNSUBSCRIBE"}, {"PUNSUBSCRIBE"},
-		{"SUBSCRIBE", "a", "b"}, {"SUBSCRIBE", "a"}, {"PSUBSCRIBE", "p*"},
-		{"PING"}, {"PING", "hi"}, {"GET", "k"}, {"SSUBSCRIBE", "s1"},
-		{"UNSUBSCRIBE", "a", "zz"}, {"PUNSUBSCRIBE"}, {"SUNSUBSCRIBE"}, {"UNSUBSCRIBE"},
-		{"GET", "k"},
-	}
-	for _, cmd := range script {
-		dc.send(cmd...)
-		fc.send(cmd...)
-		// Some commands answer with one frame per channel.
-		frames := 1
-		if (cmd[0] == "SUBSCRIBE" || cmd[0] == "UNSUBSCRIBE") && len(cmd) > 2 {
-			frames = len(cmd) - 1
-		}
-		if cmd[0] == "UNSUBSCRIBE" && len(cmd) == 1 || cmd[0] == "PUNSUBSCRIBE" && len(cmd) == 1 {
-			frames = -1 // as many as the client had; read what arrives
-		}
-		want, got := readFrames(t, dc, frames), readFrames(t, fc, frames)
-		if got != want {
-			t.Errorf("%v: funnel %q, direct %q", cmd, short(got), short(want))
-		}
+	for _, proto := range []string{"2", "3"} {
+		t.Run("resp"+proto, func(t *testing.T) {
+			direct := redistest.Start(t)
+			f := startFunnel(t, Options{}, pool.Options{})
+			dc, fc := dialRaw(t, direct.Addr), dialRaw(t, f.Addr)
+			dc.do("HELLO", proto)
+			fc.do("HELLO", proto)
+			dpub, fpub := dialRaw(t, direct.Addr), dialRaw(t, f.Addr)
+			script := [][]string{
+				{"UNSUBSCRIBE"}, {"PUNSUBSCRIBE"},
+				{"SUBSCRIBE", "a", "b"}, {"SUBSCRIBE", "a"}, {"PSUBSCRIBE", "p*"},
+				{"PING"}, {"PING", "hi"}, {"GET", "k"}, {"SSUBSCRIBE", "s1"},
+				{"PUBLISH", "a", "m1"}, {"PUBLISH", "pq", "m2"}, {"SPUBLISH", "s1", "m3"},
+				{"UNSUBSCRIBE", "a", "zz"}, {"PUNSUBSCRIBE"}, {"SUNSUBSCRIBE"}, {"UNSUBSCRIBE"},
+				{"GET", "k"},
+			}
+			for _, cmd := range script {
+				if strings.HasSuffix(cmd[0], "PUBLISH") {
+					// Published from another connection: the subscriber
+					// gets the message alone.
+					if d, f := dpub.do(cmd...), fpub.do(cmd...); d != f {
+						t.Fatalf("%v: funnel %q, direct %q", cmd, f, d)
+					}
+				} else {
+					dc.send(cmd...)
+					fc.send(cmd...)
+				}
+				// Some commands answer with one frame per channel.
+				frames := 1
+				if (cmd[0] == "SUBSCRIBE" || cmd[0] == "UNSUBSCRIBE") && len(cmd) > 2 {
+					frames = len(cmd) - 1
+				}
+				if cmd[0] == "UNSUBSCRIBE" && len(cmd) == 1 || cmd[0] == "PUNSUBSCRIBE" && len(cmd) == 1 {
+					frames = -1 // as many as the client had; read what arrives
+				}
+				want, got := readFrames(t, dc, frames), readFrames(t, fc, frames)
+				if got != want {
+					t.Errorf("%v: funnel %q, direct %q", cmd, short(got), short(want))
+				}
+			}
+		})
 	}
 }
 

@@ -71,7 +71,9 @@ func (s *session) route(cmd resp.Command) *request {
 	if !s.authed && (info == nil || !info.Has(command.NoAuth)) {
 		return s.answer(r, "refused", redcon.AppendError(nil, "NOAUTH Authentication required."))
 	}
-	if s.subscribed() && !subscribedAllowed[name] {
+	// RESP2 limits a subscribed client to a few commands; RESP3 does not,
+	// since its messages are pushes, told apart from replies.
+	if s.subscribed() && !s.resp3() && !subscribedAllowed[name] {
 		return s.answer(r, "refused", notAllowedSubscribed(name))
 	}
 	if s.multi != nil && !multiControl[name] {
@@ -81,7 +83,7 @@ func (s *session) route(cmd resp.Command) *request {
 	if refused[name] || s.srv.denied[name] || s.srv.denied[baseName(name)] {
 		return s.refuse(r, name)
 	}
-	if name == "ping" && s.subscribed() {
+	if name == "ping" && s.subscribed() && !s.resp3() {
 		return s.answer(r, "local", subscribedPing(cmd.Args))
 	}
 	if pubsubCommands[name] {

@@ -95,10 +95,10 @@ type Server struct {
 	version         atomic.Pointer[string]
 	byCommand       sync.Map // command name -> *commandCounters
 	hub             *hub
-	dbPools         map[int]*pool.Pool // pools for dbs other than the URL's, made on first SELECT; guarded by mu
-	cache           *cache.Cache       // nil when neither coalescing nor caching is on
-	readOnlyScripts map[string]bool    // lower-case SHA1s
-	closingCh       chan struct{}      // closed when Shutdown begins
+	dbPools         map[poolKey]*pool.Pool // pools other than the main one, made on first use; guarded by mu
+	cache           *cache.Cache           // nil when neither coalescing nor caching is on
+	readOnlyScripts map[string]bool        // lower-case SHA1s
+	closingCh       chan struct{}          // closed when Shutdown begins
 	stats           struct{ clientCommands, upstreamCommands, localReplies atomic.Int64 }
 }
 
@@ -111,7 +111,7 @@ func New(p *pool.Pool, opts Options) *Server {
 		sessions:  map[int64]*session{},
 		listeners: map[net.Listener]bool{},
 		closingCh: make(chan struct{}),
-		dbPools:   map[int]*pool.Pool{},
+		dbPools:   map[poolKey]*pool.Pool{},
 	}
 	srv.hub = newHub(srv)
 	srv.readOnlyScripts = map[string]bool{}
@@ -200,28 +200,33 @@ func (srv *Server) accept(conn net.Conn) {
 	}()
 }
 
-// maxDBPools bounds how many other-db pools a funnel makes.
+// maxDBPools bounds how many pools besides the main one a funnel makes.
 const maxDBPools = 64
 
-// poolFor returns the pool serving db: the main pool for the URL's db, or a
-// pool of its own for another, made on first use. It returns nil when too
-// many dbs are in use.
-func (srv *Server) poolFor(db int) *pool.Pool {
-	if db == srv.pool.Upstream().DB {
+// poolKey names a pool by what its connections are set to: a db and a RESP
+// version.
+type poolKey struct{ db, proto int }
+
+// poolFor returns the pool serving db in RESP version proto: the main pool
+// for the URL's db in RESP2, or a pool of its own for another, made on first
+// use and dialed lazily. It returns nil when too many pools are in use.
+func (srv *Server) poolFor(db, proto int) *pool.Pool {
+	if db == srv.pool.Upstream().DB && proto == 2 {
 		return srv.pool
 	}
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
-	if p := srv.dbPools[db]; p != nil {
+	key := poolKey{db, proto}
+	if p := srv.dbPools[key]; p != nil {
 		return p
 	}
 	if len(srv.dbPools) >= maxDBPools {
 		return nil
 	}
 	up := srv.pool.Upstream()
-	up.DB = db
+	up.DB, up.Proto = db, proto
 	p := pool.New(up, srv.pool.Options())
-	srv.dbPools[db] = p
+	srv.dbPools[key] = p
 	return p
 }
 
@@ -288,7 +293,7 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 	// caller's to close.
 	srv.mu.Lock()
 	pools := srv.dbPools
-	srv.dbPools = map[int]*pool.Pool{}
+	srv.dbPools = map[poolKey]*pool.Pool{}
 	srv.mu.Unlock()
 	for _, p := range pools {
 		p.Close(ctx)

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/funnel-proxy/funnel/pool"
-	"github.com/tidwall/redcon"
+	"github.com/funnel-proxy/funnel/resp"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -32,9 +32,10 @@ type cachedReply struct {
 const maxReplyCacheEntries = 256
 
 // get returns the reply to raw (the command name, for metrics), from the
-// cache when it is younger than ttl (0: kept for good), else from the
-// upstream. Error replies are not kept.
-func (c *replyCache) get(srv *Server, key, name string, raw []byte, ttl time.Duration) ([]byte, error) {
+// cache when it is younger than ttl (0: kept for good), else from p. Error
+// replies are not kept. key must tell apart replies p's RESP version shapes
+// differently.
+func (c *replyCache) get(srv *Server, p *pool.Pool, key, name string, raw []byte, ttl time.Duration) ([]byte, error) {
 	c.mu.Lock()
 	e, ok := c.entries[key]
 	c.mu.Unlock()
@@ -42,7 +43,7 @@ func (c *replyCache) get(srv *Server, key, name string, raw []byte, ttl time.Dur
 		return e.reply, nil
 	}
 	v, err, _ := c.group.Do(key, func() (any, error) {
-		reply, err := srv.fetch(srv.pool, name, raw)
+		reply, err := srv.fetch(p, name, raw)
 		if err != nil || len(reply) == 0 || reply[0] == '-' {
 			return reply, err
 		}
@@ -116,33 +117,40 @@ func cmdInfo(s *session, r *request, args [][]byte) {
 	}
 	srv := s.srv
 	if onlyFunnel {
-		r.Complete(redcon.AppendBulk(nil, srv.funnelInfo()), nil)
+		r.Complete(s.verbatim(srv.funnelInfo()), nil)
 		return
 	}
 	key := cacheKey(args) // args do not outlive this call
+	p := s.pool
 	srv.fetchAsync(r, func() ([]byte, error) {
-		reply, err := srv.infoCache.get(srv, key, "info", r.Raw, srv.opts.InfoTTL)
-		if err != nil || len(reply) == 0 || reply[0] != '$' {
+		reply, err := srv.infoCache.get(srv, p, key, "info", r.Raw, srv.opts.InfoTTL)
+		body, ok := textBody(reply)
+		if err != nil || !ok {
 			return reply, err
 		}
-		body := bulkBody(reply)
 		srv.noteVersion(body)
-		if !withFunnel {
-			return reply, nil
+		if withFunnel {
+			body = append(append(body[:len(body):len(body)], "\r\n"...), srv.funnelInfo()...)
 		}
-		out := append(append([]byte(nil), body...), "\r\n"...)
-		out = append(out, srv.funnelInfo()...)
-		return redcon.AppendBulk(nil, out), nil
+		return s.verbatim(body), nil
 	})
 }
 
-// bulkBody returns the payload of a RESP bulk string reply.
-func bulkBody(reply []byte) []byte {
+// textBody returns the text of a bulk string reply (RESP2) or a verbatim
+// string reply (RESP3), as INFO's; ok is false for any other reply.
+func textBody(reply []byte) (body []byte, ok bool) {
+	if len(reply) == 0 || (reply[0] != '$' && reply[0] != '=') {
+		return nil, false
+	}
 	i := bytes.Index(reply, []byte("\r\n"))
 	if i < 0 || len(reply) < i+4 {
-		return nil
+		return nil, false
 	}
-	return reply[i+2 : len(reply)-2]
+	body = reply[i+2 : len(reply)-2]
+	if reply[0] == '=' && len(body) >= 4 {
+		body = body[4:] // the format, "txt:"
+	}
+	return body, true
 }
 
 // noteVersion remembers the upstream's redis_version for HELLO.
@@ -156,31 +164,27 @@ func (srv *Server) noteVersion(info []byte) {
 	srv.version.Store(&version)
 }
 
-// whenVersionKnown completes r with build(version of the upstream), fetching
-// INFO server first if funnel has not seen the version yet.
-func (srv *Server) whenVersionKnown(s *session, r *request, build func(version string) []byte) {
+// upstreamVersion returns the upstream's redis_version, fetching INFO
+// server from p the first time. When the upstream answers INFO with an error,
+// that error reply comes back as refusal, to pass on as it is.
+func (srv *Server) upstreamVersion(p *pool.Pool) (version string, refusal []byte, err error) {
 	if v := srv.version.Load(); v != nil {
-		r.Complete(build(*v), nil)
-		return
+		return *v, nil, nil
 	}
-	srv.fetchAsync(r, func() ([]byte, error) {
-		raw := redcon.AppendArray(nil, 2)
-		raw = redcon.AppendBulkString(raw, "INFO")
-		raw = redcon.AppendBulkString(raw, "server")
-		reply, err := srv.infoCache.get(srv, "info\x00server", "info", raw, srv.opts.InfoTTL)
-		if err != nil {
-			return nil, err
-		}
-		if len(reply) == 0 || reply[0] != '$' {
-			return reply, nil // the upstream's error, as it is
-		}
-		srv.noteVersion(bulkBody(reply))
-		version := "unknown"
-		if v := srv.version.Load(); v != nil {
-			version = *v
-		}
-		return build(version), nil
-	})
+	raw := resp.AppendCommand(nil, []byte("INFO"), []byte("server"))
+	reply, err := srv.infoCache.get(srv, p, "info\x00server", "info", raw, srv.opts.InfoTTL)
+	if err != nil {
+		return "", nil, err
+	}
+	body, ok := textBody(reply)
+	if !ok {
+		return "", reply, nil
+	}
+	srv.noteVersion(body)
+	if v := srv.version.Load(); v != nil {
+		return *v, nil, nil
+	}
+	return "unknown", nil, nil
 }
 
 // funnelInfo renders the "# Funnel" INFO section.

@@ -1,6 +1,7 @@
 'use strict';
-// ioredis through funnel with default options: pipelines, transactions,
-// WATCH, pub/sub and blocking commands.
+// ioredis through funnel with default options (ioredis 6 negotiates RESP3
+// with HELLO 3): pipelines, transactions, WATCH, pub/sub and blocking
+// commands.
 
 const { test, after } = require('node:test');
 const assert = require('node:assert/strict');
@@ -21,6 +22,7 @@ after(async () => {
 
 test('pipeline of 1000 commands keeps order', async () => {
   const r = client();
+  assert.match(await r.client('INFO'), / resp=3 /);
   const p = r.pipeline();
   for (let i = 0; i < 500; i++) {
     p.set(`io:k${i}`, i);

@@ -1,8 +1,7 @@
 'use strict';
 // node-redis (the `redis` package) through funnel: pipelines, transactions,
-// pub/sub and blocking commands. node-redis 5+ speaks RESP3 unless told
-// RESP: 2, and does not fall back when HELLO 3 is refused; funnel speaks
-// RESP2 only for now (see the README), so this suite asks for RESP2.
+// pub/sub and blocking commands, with its default protocol (RESP3: it sends
+// HELLO 3 and does not fall back to RESP2) and with RESP: 2.
 
 const { test, after } = require('node:test');
 const assert = require('node:assert/strict');
@@ -11,8 +10,8 @@ const { funnel, errorCollector, allErrors, sleep } = require('../lib/helpers');
 
 const ec = errorCollector();
 const clients = [];
-async function client() {
-  const c = ec.watch(createClient({ url: funnel.href, RESP: 2 }), 'node-redis');
+async function client(RESP) {
+  const c = ec.watch(createClient({ url: funnel.href, RESP }), `node-redis RESP${RESP || ' default'}`);
   clients.push(c);
   await c.connect();
   return c;
@@ -22,38 +21,52 @@ after(async () => {
   assert.deepEqual(allErrors, []);
 });
 
-test('commands, pipelines and transactions', async () => {
-  const c = await client();
-  assert.equal(await c.set('nr:k', 'v'), 'OK');
-  assert.equal(await c.get('nr:k'), 'v');
-  const piped = await c.multi().set('nr:a', '1').get('nr:a').incr('nr:a').execAsPipeline();
-  assert.deepEqual(piped, ['OK', '1', 2]);
-  const tx = await c.multi().incr('nr:x').incr('nr:x').get('nr:x').exec();
-  assert.deepEqual(tx, [1, 2, '2']);
-  await assert.rejects(c.sendCommand(['NOSUCHCOMMAND']), /unknown command/);
-});
+for (const [label, RESP] of [['RESP3 (default)', undefined], ['RESP2', 2]]) {
+  const k = (name) => `nr${RESP || 3}:${name}`;
 
-test('pub/sub with a duplicated connection', async () => {
-  const c = await client();
-  const sub = c.duplicate();
-  clients.push(ec.watch(sub, 'node-redis subscriber'));
-  await sub.connect();
-  const got = [];
-  await sub.subscribe('nr:ch', (msg) => got.push(msg));
-  for (let i = 0; i < 10; i++) await c.publish('nr:ch', `m${i}`);
-  for (let i = 0; i < 100 && got.length < 10; i++) await sleep(20);
-  assert.deepEqual(got, Array.from({ length: 10 }, (_, i) => `m${i}`));
-  await sub.unsubscribe('nr:ch');
-});
+  test(`${label}: commands, pipelines and transactions`, async () => {
+    const c = await client(RESP);
+    const hello = await c.sendCommand(['HELLO']);
+    assert.equal(RESP === 2 ? hello[5] : hello.proto, RESP || 3);
+    assert.equal(await c.set(k('k'), 'v'), 'OK');
+    assert.equal(await c.get(k('k')), 'v');
+    assert.equal(await c.get(k('missing')), null);
+    await c.hSet(k('h'), { f1: 'a', f2: 'b' });
+    assert.deepEqual({ ...(await c.hGetAll(k('h'))) }, { f1: 'a', f2: 'b' });
+    await c.zAdd(k('z'), [{ score: 1.5, value: 'm' }]);
+    assert.equal(await c.zScore(k('z'), 'm'), 1.5);
+    const piped = await c.multi().set(k('a'), '1').get(k('a')).incr(k('a')).execAsPipeline();
+    assert.deepEqual(piped, ['OK', '1', 2]);
+    const tx = await c.multi().incr(k('x')).incr(k('x')).get(k('x')).exec();
+    assert.deepEqual(tx, [1, 2, '2']);
+    await assert.rejects(c.sendCommand(['NOSUCHCOMMAND']), /unknown command/);
+  });
 
-test('blocking pop woken by a push', async () => {
-  const c = await client();
-  const blocker = c.duplicate();
-  clients.push(ec.watch(blocker, 'node-redis blocker'));
-  await blocker.connect();
-  const pending = blocker.blPop('nr:q', 5);
-  await sleep(100);
-  await c.rPush('nr:q', 'job');
-  assert.deepEqual(await pending, { key: 'nr:q', element: 'job' });
-  assert.equal(await blocker.blPop('nr:q', 0.2), null);
-});
+  test(`${label}: pub/sub with a duplicated connection`, async () => {
+    const c = await client(RESP);
+    const sub = c.duplicate();
+    clients.push(ec.watch(sub, 'node-redis subscriber'));
+    await sub.connect();
+    const got = [];
+    await sub.subscribe(k('ch'), (msg) => got.push(msg));
+    await sub.pSubscribe(k('p*'), (msg, ch) => got.push(`${ch}:${msg}`));
+    for (let i = 0; i < 10; i++) await c.publish(k('ch'), `m${i}`);
+    await c.publish(k('px'), 'pm');
+    for (let i = 0; i < 100 && got.length < 11; i++) await sleep(20);
+    assert.deepEqual(got, [...Array.from({ length: 10 }, (_, i) => `m${i}`), `${k('px')}:pm`]);
+    await sub.unsubscribe(k('ch'));
+    await sub.pUnsubscribe(k('p*'));
+  });
+
+  test(`${label}: blocking pop woken by a push`, async () => {
+    const c = await client(RESP);
+    const blocker = c.duplicate();
+    clients.push(ec.watch(blocker, 'node-redis blocker'));
+    await blocker.connect();
+    const pending = blocker.blPop(k('q'), 5);
+    await sleep(100);
+    await c.rPush(k('q'), 'job');
+    assert.deepEqual(await pending, { key: k('q'), element: 'job' });
+    assert.equal(await blocker.blPop(k('q'), 0.2), null);
+  });
+}

@@ -1,0 +1,136 @@
+package proxy
+
+import (
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/funnel-proxy/funnel/pool"
+	"github.com/funnel-proxy/funnel/resp"
+)
+
+// TestRESP3LocalReplies checks the replies funnel makes itself in RESP3, and
+// that SELECT keeps the protocol while RESET and HELLO 2 go back to RESP2.
+func TestRESP3LocalReplies(t *testing.T) {
+	f := startFunnel(t, Options{}, pool.Options{})
+	c := dialRaw(t, f.Addr)
+	steps := []struct {
+		cmd  []string
+		want string // exact reply, or a prefix when it ends in "..."
+	}{
+		{[]string{"HELLO", "4"}, "-NOPROTO unsupported protocol version\r\n"},
+		{[]string{"HELLO", "3", "SETNAME", "r3"}, "%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n..."},
+		{[]string{"CLIENT", "GETNAME"}, "$2\r\nr3\r\n"},
+		{[]string{"CLIENT", "SETNAME", ""}, "+OK\r\n"},
+		{[]string{"CLIENT", "GETNAME"}, "_\r\n"},
+		{[]string{"CLIENT", "INFO"}, "=..."},
+		{[]string{"INFO", "funnel"}, "=..."},
+		{[]string{"SET", "k", "v"}, "+OK\r\n"},
+		{[]string{"HSET", "h", "f", "1"}, ":1\r\n"},
+		{[]string{"HGETALL", "h"}, "%1\r\n$1\r\nf\r\n$1\r\n1\r\n"},
+		{[]string{"SELECT", "1"}, "+OK\r\n"},
+		{[]string{"GET", "k"}, "_\r\n"},
+		{[]string{"HGETALL", "h"}, "%0\r\n"},
+		{[]string{"SELECT", "0"}, "+OK\r\n"},
+		{[]string{"GET", "k"}, "$1\r\nv\r\n"},
+		{[]string{"MULTI"}, "+OK\r\n"},
+		{[]string{"HELLO", "2"}, "-ERR funnel: HELLO inside MULTI is not supported through the proxy\r\n"},
+		{[]string{"DISCARD"}, "+OK\r\n"},
+		{[]string{"WATCH", "k"}, "+OK\r\n"},
+		{[]string{"HELLO", "2"}, "-ERR funnel: HELLO 2 inside a WATCH span is not supported through the proxy\r\n"},
+		{[]string{"HELLO", "3"}, "%7\r\n..."}, // same protocol: nothing to switch
+		{[]string{"RESET"}, "+RESET\r\n"},
+		{[]string{"GET", "nope"}, "$-1\r\n"},
+		{[]string{"HELLO"}, "*14\r\n..."},
+		{[]string{"HELLO", "3"}, "%7\r\n..."},
+		{[]string{"HELLO", "2"}, "*14\r\n..."},
+		{[]string{"HGETALL", "h"}, "*2\r\n$1\r\nf\r\n$1\r\n1\r\n"},
+	}
+	for _, st := range steps {
+		got := c.do(st.cmd...)
+		want, prefix := strings.CutSuffix(st.want, "...")
+		if (prefix && !strings.HasPrefix(got, want)) || (!prefix && got != want) {
+			t.Fatalf("%v: got %q, want %q", st.cmd, short(got), st.want)
+		}
+	}
+	c.do("HELLO", "3")
+	if info := c.do("CLIENT", "INFO"); !strings.Contains(info, " resp=3 ") || !strings.HasPrefix(info, "=") {
+		t.Fatalf("CLIENT INFO of a RESP3 client: %q", info)
+	}
+	if list := c.do("CLIENT", "LIST"); !strings.HasPrefix(list, "=") || !strings.Contains(list, "txt:id=") {
+		t.Fatalf("CLIENT LIST in RESP3: %q", list)
+	}
+}
+
+// TestRESP3CacheKeptApart reads the same cached keys in RESP2 and RESP3:
+// each protocol gets its own reply shape, and a write in either protocol
+// invalidates both.
+func TestRESP3CacheKeptApart(t *testing.T) {
+	f := startFunnel(t, Options{CacheRules: []CacheRule{{Pattern: "c:*", TTL: time.Minute}}}, pool.Options{})
+	r2, r3 := dialRaw(t, f.Addr), dialRaw(t, f.Addr)
+	r3.do("HELLO", "3")
+	r2.do("HSET", "c:h", "f", "1")
+	for i := 0; i < 2; i++ { // the second round is served from the cache
+		if got := r2.do("HGETALL", "c:h"); got != "*2\r\n$1\r\nf\r\n$1\r\n1\r\n" {
+			t.Fatalf("RESP2 HGETALL: %q", got)
+		}
+		if got := r3.do("HGETALL", "c:h"); got != "%1\r\n$1\r\nf\r\n$1\r\n1\r\n" {
+			t.Fatalf("RESP3 HGETALL: %q", got)
+		}
+	}
+	if st := f.Server.cache.Stats(); st.Hits != 2 {
+		t.Fatalf("cache hits %d, want 2", st.Hits)
+	}
+	r3.do("HSET", "c:h", "f", "2")
+	if got := r2.do("HGETALL", "c:h"); got != "*2\r\n$1\r\nf\r\n$1\r\n2\r\n" {
+		t.Fatalf("RESP2 read after a RESP3 write: %q", got)
+	}
+	r2.do("HSET", "c:h", "f", "3")
+	if got := r3.do("HGETALL", "c:h"); got != "%1\r\n$1\r\nf\r\n$1\r\n3\r\n" {
+		t.Fatalf("RESP3 read after a RESP2 write: %q", got)
+	}
+}
+
+// TestHELLO3OnOldUpstream: an upstream without HELLO (Redis 5) makes funnel
+// answer HELLO 3 with NOPROTO, so clients fall back to RESP2 as they would
+// with that Redis, and RESP2 keeps working.
+func TestHELLO3OnOldUpstream(t *testing.T) {
+	addr := fakeUpstream(t, func(c net.Conn) {
+		serveScripted(c, map[string]string{
+			"hello": "-ERR unknown command 'HELLO', with args beginning with: '3' \r\n",
+			"info":  "$32\r\n# Server\r\nredis_version:5.0.14\r\n\r\n",
+			"get":   "$1\r\nv\r\n",
+		})
+	})
+	f := startFunnelFor(t, nil, "redis://"+addr, Options{}, pool.Options{Timeout: 2 * time.Second})
+	c := dialRaw(t, f.Addr)
+	if got := c.do("HELLO", "3"); got != "-NOPROTO unsupported protocol version\r\n" {
+		t.Fatalf("HELLO 3 on Redis 5: %q", got)
+	}
+	if got := c.do("HELLO", "3"); got != "-NOPROTO unsupported protocol version\r\n" {
+		t.Fatalf("HELLO 3 again: %q", got)
+	}
+	if got := c.do("GET", "k"); got != "$1\r\nv\r\n" {
+		t.Fatalf("GET after NOPROTO: %q", got)
+	}
+}
+
+// serveScripted answers each command on c with replies[its lower-case name],
+// or an unknown-command error, until c closes.
+func serveScripted(c net.Conn, replies map[string]string) {
+	rd := resp.NewRequestReader(c, resp.DefaultLimits)
+	for {
+		cmd, err := rd.Read()
+		if err != nil {
+			return
+		}
+		reply, ok := replies[strings.ToLower(string(cmd.Args[0]))]
+		if !ok {
+			reply = "-ERR unknown command\r\n"
+		}
+		if _, err := c.Write([]byte(reply)); err != nil {
+			return
+		}
+	}
+}
