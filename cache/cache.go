@@ -88,9 +88,9 @@ func New(maxBytes int64, maxValue int) *Cache {
 	}
 }
 
-// Reader is the caller of Lookup: how it waits on a joined read and how it
-// leads a new one. Its methods run while the cache is locked (except Wait)
-// and must not block.
+// Reader is the caller of Lookup: whether it may join a read in flight and
+// how it leads a new one. Its methods run while the cache is locked and must
+// not block.
 type Reader interface {
 	// CanJoin reports whether the reader may join a flight whose Owner is
 	// owner; when it returns true the reader counts as joined.
@@ -98,14 +98,12 @@ type Reader interface {
 	// Lead is called when the reader leads a new flight; it returns the
 	// flight's Owner, which joiners see.
 	Lead() any
-	// Wait receives a joined flight's outcome, after the cache is unlocked.
-	Wait(reply []byte, err error)
 }
 
 // Lookup is called before a read of keys is sent. With ttl > 0 a fresh
 // stored reply is returned as hit. Otherwise, if an identical read is in
-// flight, still valid, and rd may join it, rd.Wait gets its outcome when it
-// completes and joined is true. Otherwise rd leads a new flight: it sends
+// flight, still valid, and rd may join it, joined is true, and rd is among
+// the readers that Finish returns. Otherwise rd leads a new flight: it sends
 // the read and calls Finish with the outcome.
 func (c *Cache) Lookup(db int, cmd string, keys []string, ttl time.Duration, now time.Time, rd Reader) (hit []byte, joined bool, lead *Flight) {
 	c.mu.Lock()
@@ -136,12 +134,12 @@ func (c *Cache) Lookup(db int, cmd string, keys []string, ttl time.Duration, now
 	return nil, false, f
 }
 
-// Finish ends a flight: joiners get the outcome, and a reply that may be
-// kept is stored, unless a write to one of its keys was sent meanwhile. The
+// Finish ends a flight and returns the readers that joined it, for the
+// caller to give them the outcome. A reply that may be kept is stored, unless a write to one of its keys was sent meanwhile. The
 // entry expires one TTL after the read was sent, not after its reply came:
 // the upstream may have run it any time in between, so this is the bound
 // that never lets data older than the TTL be served.
-func (c *Cache) Finish(f *Flight, reply []byte, err error) {
+func (c *Cache) Finish(f *Flight, reply []byte, err error) []Reader {
 	c.mu.Lock()
 	if c.flights[f.key] == f {
 		delete(c.flights, f.key)
@@ -166,9 +164,7 @@ func (c *Cache) Finish(f *Flight, reply []byte, err error) {
 	waiters := f.waiters
 	f.waiters = nil
 	c.mu.Unlock()
-	for _, w := range waiters {
-		w.Wait(reply, err)
-	}
+	return waiters
 }
 
 // validSince reports whether none of keys (nor their db) was written after

@@ -8,15 +8,11 @@ import (
 
 var t0 = time.Unix(1000, 0)
 
-// reader is a test Reader that records what it was given.
-type reader struct {
-	got  []string
-	join bool
-}
+// reader is a test Reader that joins or not, as told.
+type reader struct{ join bool }
 
-func (r *reader) CanJoin(any) bool             { return r.join }
-func (r *reader) Lead() any                    { return nil }
-func (r *reader) Wait(reply []byte, err error) { r.got = append(r.got, string(reply)) }
+func (r *reader) CanJoin(any) bool { return r.join }
+func (r *reader) Lead() any        { return nil }
 
 func TestHitMissAndTTL(t *testing.T) {
 	c := New(1<<20, 1<<10)
@@ -87,9 +83,8 @@ func TestJoinAndErrors(t *testing.T) {
 	if _, joined, _ := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, &reader{join: false}); joined {
 		t.Fatal("joined although the reader refused")
 	}
-	c.Finish(f, []byte("-ERR x\r\n"), nil)
-	if len(rd.got) != 3 || rd.got[0] != "-ERR x\r\n" {
-		t.Fatalf("joiners got %q", rd.got)
+	if joiners := c.Finish(f, []byte("-ERR x\r\n"), nil); len(joiners) != 3 || joiners[0] != rd {
+		t.Fatalf("Finish returned %d joiners, want the 3", len(joiners))
 	}
 	if s := c.Stats(); s.Entries != 0 || s.Joins != 3 {
 		t.Fatalf("error reply stored or joins miscounted: %+v", s)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -109,6 +110,24 @@ func (c *Conn) Submit(ctx context.Context, r *Request) {
 }
 
 func (c *Conn) complete(r *Request, reply []byte, err error) {
+	c.counted(err)
+	r.Done.Complete(reply, err)
+}
+
+// completeBatched completes r as complete does, but lets a BatchCompleter
+// leave its reply buffered until batch is flushed.
+func (c *Conn) completeBatched(r *Request, reply []byte, batch *Batch) {
+	bc, ok := r.Done.(BatchCompleter)
+	if !ok {
+		c.complete(r, reply, nil)
+		return
+	}
+	c.counted(nil)
+	bc.CompleteBatched(reply, nil, batch)
+}
+
+// counted records a request's end in c's load and the error metrics.
+func (c *Conn) counted(err error) {
 	c.load.Add(-1)
 	if err != nil {
 		var pe *Error
@@ -118,7 +137,6 @@ func (c *Conn) complete(r *Request, reply []byte, err error) {
 		}
 		c.pool.metrics.Errors.WithLabelValues("upstream_" + kind).Inc()
 	}
-	r.Done.Complete(reply, err)
 }
 
 // run owns the slot: it waits for work, dials, serves until the connection
@@ -130,10 +148,10 @@ func (c *Conn) run() {
 		select {
 		case first = <-c.queue:
 		case <-c.pool.closing:
-			c.failQueued(&Error{Kind: "closed", Err: ErrClosed})
+			c.failAll(&Error{Kind: "closed", Err: ErrClosed})
 			return
 		case <-c.stop:
-			c.failQueued(&Error{Kind: "lost", Err: errStopped})
+			c.failAll(&Error{Kind: "lost", Err: errStopped})
 			return
 		}
 		if err := c.downErr(); err != nil {
@@ -183,9 +201,18 @@ func (c *Conn) setDown(err error) {
 	c.state.Store(stateDown)
 }
 
-// failQueued fails whatever is queued now, without waiting for more.
+// failAll fails every queued request, as c ends for good.
+func (c *Conn) failAll(err error) {
+	for len(c.queue) > 0 {
+		c.failQueued(err)
+	}
+}
+
+// failQueued fails what is queued now, and not what comes meanwhile:
+// clients whose requests fail may send the next one at once, and an
+// unbounded drain would keep failing them instead of redialing.
 func (c *Conn) failQueued(err error) {
-	for {
+	for n := len(c.queue); n > 0; n-- {
 		select {
 		case r := <-c.queue:
 			c.complete(r, nil, err)
@@ -314,7 +341,15 @@ func (c *Conn) writeLoop(nc net.Conn, first *Request, inflight chan<- *Request, 
 			select {
 			case next = <-c.queue:
 			default:
-				next = nil
+				// Before flushing, let the goroutines that are ready to run
+				// here (clients' readers just woken with a command) queue
+				// theirs, so one write carries many clients' commands.
+				runtime.Gosched()
+				select {
+				case next = <-c.queue:
+				default:
+					next = nil
+				}
 			}
 		}
 		_ = nc.SetWriteDeadline(time.Now().Add(c.pool.opts.Timeout))
@@ -404,6 +439,8 @@ func (c *Conn) readLoop(nc net.Conn, inflight <-chan *Request) (head *Request, e
 	start, end := 0, 0
 	var scan resp.ReplyScanner
 	got := 0
+	var batch Batch
+	defer batch.flush()
 	for {
 		n, serr := scan.Scan(buf[start:end])
 		if err = serr; err != nil {
@@ -421,14 +458,16 @@ func (c *Conn) readLoop(nc net.Conn, inflight <-chan *Request) (head *Request, e
 			got++
 			if got == head.replies() {
 				head.awaitSent()
-				c.complete(head, buf[start:start+n], nil)
+				c.completeBatched(head, buf[start:start+n], &batch)
 				head = nil
 				c.replied()
 			}
 			start += n
 			continue
 		}
-		// Need more bytes: make room, then read.
+		// Need more bytes: first send on the replies completed so far,
+		// then make room, then read.
+		batch.flush()
 		if start == end {
 			start, end = 0, 0
 			if len(buf) > maxIdleBuf {

@@ -43,6 +43,43 @@ type Completer interface {
 	Complete(reply []byte, err error)
 }
 
+// Flusher sends on what completions left buffered.
+type Flusher interface {
+	Flush()
+}
+
+// BatchCompleter is a Completer that can leave what a completion produces
+// buffered. A connection's reader completes each request whose reply it
+// read with CompleteBatched, which adds to batch whatever must be flushed;
+// once the reader has no whole reply left in hand (before it waits for more
+// bytes) it calls Flush on each. Replies to many requests read at once then
+// reach their clients in few writes.
+type BatchCompleter interface {
+	Completer
+	CompleteBatched(reply []byte, err error, batch *Batch)
+}
+
+// Batch collects the Flushers of the completions made from one read.
+type Batch struct {
+	flushers []Flusher
+}
+
+// Add records f, once if it comes several times in a row.
+func (b *Batch) Add(f Flusher) {
+	if n := len(b.flushers); n == 0 || b.flushers[n-1] != f {
+		b.flushers = append(b.flushers, f)
+	}
+}
+
+// flush calls every Flusher added, and empties b.
+func (b *Batch) flush() {
+	for i, f := range b.flushers {
+		f.Flush()
+		b.flushers[i] = nil
+	}
+	b.flushers = b.flushers[:0]
+}
+
 // Request is work for one upstream connection.
 type Request struct {
 	// Raw holds one or more RESP commands, written as they are.

@@ -179,9 +179,6 @@ func (cr *cacheReader) Lead() any {
 	return r.s.nextConn(r)
 }
 
-// Wait completes a joined request with the leader's outcome.
-func (cr *cacheReader) Wait(reply []byte, err error) { (*request)(cr).Complete(reply, err) }
-
 // invalidate tells the cache about a command that may write, before it is
 // sent: its keys, or its whole db when the keys are unknown.
 func (s *session) invalidate(info *command.Info, args [][]byte) {

@@ -83,9 +83,9 @@ func TestUpstreamKilledWhileClientsPipeline(t *testing.T) {
 	f.Redis.Restart()
 	back := time.Now()
 	probe := f.client(t)
-	for probe.Set(ctx, "probe", "1", 0).Err() != nil {
+	for err := probe.Set(ctx, "probe", "1", 0).Err(); err != nil; err = probe.Set(ctx, "probe", "1", 0).Err() {
 		if time.Since(back) > time.Second {
-			t.Fatalf("funnel not serving %v after the upstream returned", time.Since(back))
+			t.Fatalf("funnel not serving %v after the upstream returned: %v", time.Since(back), err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -489,6 +489,7 @@ func (s *session) push(raw []byte) {
 	}
 	select {
 	case s.queue <- r:
+		s.sendReady(false)
 	default:
 		s.kill("pubsub_output_limit")
 	}

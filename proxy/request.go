@@ -73,13 +73,36 @@ func (r *request) release() {
 }
 
 // Complete implements pool.Completer: it keeps a copy of the reply, or the
-// error, and wakes the session's writer.
-func (r *request) Complete(reply []byte, err error) {
+// error, and sends the session's ready replies; so for the requests that
+// joined r's read, if any.
+func (r *request) Complete(reply []byte, err error) { r.complete(reply, err, nil) }
+
+// CompleteBatched implements pool.BatchCompleter: as Complete, but the
+// replies may wait in their sessions' buffers until the pool flushes batch.
+func (r *request) CompleteBatched(reply []byte, err error, batch *pool.Batch) {
+	r.complete(reply, err, batch)
+}
+
+func (r *request) complete(reply []byte, err error, batch *pool.Batch) {
+	s := r.s
+	joiners := r.finish(reply, err)
+	s.sendReplies(batch) // r may be recycled from here on
+	for _, j := range joiners {
+		jr := (*request)(j.(*cacheReader))
+		js := jr.s
+		jr.finish(reply, err)
+		js.sendReplies(batch)
+	}
+}
+
+// finish records r's outcome and marks it done. It returns the readers
+// that joined r's read, for the caller to complete with the same outcome.
+func (r *request) finish(reply []byte, err error) (joiners []cache.Reader) {
 	s := r.s
 	if r.flight != nil {
-		// Joiners get the reply, and the cache may keep it; before r is
-		// marked done, since reply may be r's to reuse after that.
-		s.srv.cache.Finish(r.flight, reply, err)
+		// The cache may keep the reply: before r is marked done, since
+		// reply may be r's to reuse after that.
+		joiners = s.srv.cache.Finish(r.flight, reply, err)
 	}
 	if err != nil {
 		r.err = err
@@ -110,5 +133,5 @@ func (r *request) Complete(reply []byte, err error) {
 		}
 	}
 	r.done.Store(true)
-	s.wakeWriter()
+	return joiners
 }

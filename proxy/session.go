@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -68,8 +67,10 @@ type session struct {
 	info     clientInfo
 	authed   bool
 	reader   *resp.RequestReader
-	scratch  []byte
 	draining atomic.Bool // set by Shutdown: stop reading new commands
+
+	// out sends the replies; see output.
+	out output
 }
 
 func newSession(srv *Server, conn net.Conn, id int64) *session {
@@ -85,6 +86,7 @@ func newSession(srv *Server, conn net.Conn, id int64) *session {
 	s.info.db = s.db
 	s.info.init(conn, id)
 	s.reader = resp.NewRequestReader(conn, s.limits())
+	s.out.init(conn)
 	return s
 }
 
@@ -134,6 +136,7 @@ func (s *session) serve() {
 	s.endExclusive()
 	s.leavePubSub()
 	close(s.queue)
+	s.wakeWriter() // to see the queue end once every reply is sent
 	<-writerDone
 	s.kill("client_closed")
 	s.srv.metrics.ClientsClosed.WithLabelValues(s.killReason.Load().(string)).Inc()
@@ -186,105 +189,21 @@ func (s *session) awaitClose() {
 	}
 }
 
-// enqueue hands r to the writer, waiting while the queue is full. It
-// reports false when the session died meanwhile.
+// enqueue puts r in line for its reply, waiting while the queue is full,
+// and sends what is ready (r itself, when it was answered here). It reports
+// false when the session died meanwhile.
 func (s *session) enqueue(r *request) bool {
 	select {
 	case s.queue <- r:
-		return true
 	default:
-	}
-	select {
-	case s.queue <- r:
-		return true
-	case <-s.dead:
-		return false
-	}
-}
-
-// writeLoop sends replies in request order. It flushes only when the next
-// reply is not ready yet, so a pipelined burst goes back in few writes.
-func (s *session) writeLoop() {
-	bw := bufio.NewWriterSize(s.conn, 16<<10)
-	flush := func() bool {
-		if bw.Buffered() == 0 {
-			return true
-		}
-		_ = s.conn.SetWriteDeadline(time.Now().Add(s.srv.opts.ClientWriteTimeout))
-		if err := bw.Flush(); err != nil {
-			s.writeFailed(err)
+		select {
+		case s.queue <- r:
+		case <-s.dead:
 			return false
 		}
-		return true
 	}
-	for {
-		var r *request
-		var ok bool
-		select {
-		case r, ok = <-s.queue:
-		default:
-			if !flush() {
-				return
-			}
-			select {
-			case r, ok = <-s.queue:
-			case <-s.dead:
-				return
-			}
-		}
-		if !ok {
-			flush()
-			return
-		}
-		// Requests on one upstream connection complete in order, so the
-		// head is usually the next to finish; a wake-up for a later one
-		// just makes the loop check the head again.
-		for !r.done.Load() {
-			if !flush() {
-				return
-			}
-			select {
-			case <-s.wake:
-			case <-s.dead:
-				return
-			}
-		}
-		if !s.writeReply(bw, r) {
-			return
-		}
-		if r.closeAfter {
-			flush()
-			s.kill(r.closeReason)
-			return
-		}
-		r.release()
-	}
-}
-
-// writeReply writes r's reply (or its error) and records its metrics.
-func (s *session) writeReply(bw *bufio.Writer, r *request) bool {
-	s.srv.metrics.Latency.WithLabelValues(r.route).Observe(time.Since(r.start).Seconds())
-	out := r.reply
-	if r.err != nil {
-		s.scratch = redcon.AppendError(s.scratch[:0], "ERR "+r.err.Error())
-		out = s.scratch
-	}
-	_ = s.conn.SetWriteDeadline(time.Now().Add(s.srv.opts.ClientWriteTimeout))
-	if _, err := bw.Write(out); err != nil {
-		s.writeFailed(err)
-		return false
-	}
-	s.pendingOut.Add(-int64(len(r.reply)))
+	s.sendReady(false)
 	return true
-}
-
-func (s *session) writeFailed(err error) {
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		s.kill("write_timeout")
-		return
-	}
-	s.kill("write_error")
 }
 
 // countUpstream marks r as going upstream and counts it.

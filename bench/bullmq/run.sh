@@ -47,7 +47,7 @@ for mode in newconn shared; do
     echo
     echo "== $mode, $target: $result"
     echo "   upstream commands: $total in ${RUN}s = $(awk -v t="$total" -v r="$RUN" 'BEGIN {printf "%.0f", t/r*86400}') per day; top commands (per day):"
-    sort -k2 -n -r "$dir/$mode-$target.stats" | head -40 | awk -v r="$RUN" '{printf "     %-22s %12.0f\n", $1, $2/r*86400}'
+    sort -k2 -n -r "$dir/$mode-$target.stats" | head -12 | awk -v r="$RUN" '{printf "     %-22s %12.0f\n", $1, $2/r*86400}'
   done
 done
 echo

@@ -37,6 +37,7 @@ type config struct {
 	clientWriteTimeout time.Duration
 	infoTTL            time.Duration
 	pprof              bool
+	procs              int
 	maxExclusive       int
 	exclusiveIdle      time.Duration
 	maxMultiBytes      int
@@ -93,6 +94,7 @@ func parseConfig(args []string, out io.Writer, getenv func(string) string) (*con
 	fs.Int64Var(&c.cacheMaxBytes, "cache-max-bytes", 64<<20, "memory for cached replies; least recently used go first")
 	fs.IntVar(&c.cacheMaxValue, "cache-max-value", 1<<20, "largest reply that is cached, in bytes")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve Go profiles at /debug/pprof/ on the metrics address")
+	fs.IntVar(&c.procs, "procs", 1, "CPU cores funnel runs Go code on at once (GOMAXPROCS); 0 leaves Go's default, all cores, and GOMAXPROCS in the environment wins over the default")
 	fs.VisitAll(func(f *pflag.Flag) {
 		f.Usage += " [$" + envName(f.Name) + "]"
 	})
@@ -125,6 +127,9 @@ func parseConfig(args []string, out io.Writer, getenv func(string) string) (*con
 	if c.upstream == "" {
 		c.upstream = getenv("REDIS_URL")
 	}
+	if f := fs.Lookup("procs"); !f.Changed && getenv("GOMAXPROCS") != "" {
+		c.procs = 0 // the operator set Go's own variable: keep it
+	}
 	for _, v := range c.cache {
 		for _, rule := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' }) {
 			cr, err := proxy.ParseCacheRule(rule)
@@ -143,6 +148,8 @@ func parseConfig(args []string, out io.Writer, getenv func(string) string) (*con
 		return nil, errors.New("--max-clients must be at least 1")
 	case c.maxExclusive < 1:
 		return nil, errors.New("--max-exclusive must be at least 1")
+	case c.procs < 0:
+		return nil, errors.New("--procs must be 0 (Go's default) or more")
 	case c.protoMaxBulkLen < 1:
 		return nil, errors.New("--proto-max-bulk-len must be positive")
 	}

@@ -14,6 +14,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -48,6 +49,12 @@ func run(ctx context.Context, args []string, stdout io.Writer, getenv func(strin
 	log, err := newLogger(stdout, cfg.logLevel, cfg.logFormat)
 	if err != nil {
 		return err
+	}
+	if cfg.procs > 0 {
+		// One core by default: a proxy's goroutines mostly hand requests to
+		// each other, and on one thread a hand-off is a cheap switch rather
+		// than a wake-up of another thread (see bench/README.md).
+		runtime.GOMAXPROCS(cfg.procs)
 	}
 	upstream, err := pool.ParseURL(cfg.upstream, pool.TLSOptions{CAFile: cfg.tlsCAFile, InsecureSkipVerify: cfg.tlsSkipVerify})
 	if err != nil {

@@ -303,3 +303,34 @@ func TestUnixSocketListen(t *testing.T) {
 		t.Errorf("socket file left behind: %v", err)
 	}
 }
+
+// TestProcs: one core by default; --procs or FUNNEL_PROCS set it, and
+// GOMAXPROCS in the environment is kept unless --procs is given.
+func TestProcs(t *testing.T) {
+	cases := []struct {
+		args []string
+		env  map[string]string
+		want int
+	}{
+		{nil, nil, 1},
+		{[]string{"--procs", "4"}, nil, 4},
+		{nil, map[string]string{"FUNNEL_PROCS": "0"}, 0},
+		{nil, map[string]string{"GOMAXPROCS": "3"}, 0},
+		{[]string{"--procs", "2"}, map[string]string{"GOMAXPROCS": "3"}, 2},
+	}
+	for _, tc := range cases {
+		env := func(k string) string {
+			if k == "REDIS_URL" {
+				return "redis://127.0.0.1:1"
+			}
+			return tc.env[k]
+		}
+		cfg, err := parseConfig(tc.args, io.Discard, env)
+		if err != nil || cfg.procs != tc.want {
+			t.Errorf("%v %v: procs %v, want %d (%v)", tc.args, tc.env, cfg, tc.want, err)
+		}
+	}
+	if _, err := parseConfig([]string{"--procs", "-1", "--upstream", "redis://x:1"}, io.Discard, func(string) string { return "" }); err == nil {
+		t.Error("--procs -1 accepted")
+	}
+}
