@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/funnel-proxy/funnel/pool"
+	"github.com/funnel-proxy/funnel/resp"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -165,4 +166,47 @@ func TestUpstreamConnectionsCapped(t *testing.T) {
 		t.Fatalf("upstream saw up to %d funnel connections, pool size %d", maxSeen, size)
 	}
 	t.Logf("upstream saw at most %d connections for 1000 clients", maxSeen)
+}
+
+// TestSlowReaderGetsEveryReplyInOrder: a client pipelines far more replies
+// than its socket buffers hold and reads nothing for a while, so funnel's
+// output stalls and its writer goroutine takes over; once the client reads,
+// every reply comes, in order, with local replies, cache-sized and large
+// replies mixed in.
+func TestSlowReaderGetsEveryReplyInOrder(t *testing.T) {
+	f := startFunnel(t, Options{}, pool.Options{})
+	c := dialRaw(t, f.Addr)
+	c.do("SET", "v", strings.Repeat("x", 4<<10))
+	c.do("SET", "big", strings.Repeat("y", 1<<20))
+	const n = 3000
+	var want []string
+	var batch []byte
+	for i := 0; i < n; i++ {
+		var args []string
+		switch i % 100 {
+		case 0:
+			args = []string{"GET", "big"}
+			want = append(want, fmt.Sprintf("$%d\r\n%s\r\n", 1<<20, strings.Repeat("y", 1<<20)))
+		case 1:
+			args = []string{"PING", strconv.Itoa(i)}
+			want = append(want, fmt.Sprintf("$%d\r\n%d\r\n", len(strconv.Itoa(i)), i))
+		default:
+			args = []string{"GET", "v"}
+			want = append(want, fmt.Sprintf("$%d\r\n%s\r\n", 4<<10, strings.Repeat("x", 4<<10)))
+		}
+		var bargs [][]byte
+		for _, a := range args {
+			bargs = append(bargs, []byte(a))
+		}
+		batch = resp.AppendCommand(batch, bargs...)
+	}
+	// Write from another goroutine: the requests alone fill the socket
+	// buffers while nothing is read.
+	go func() { _, _ = c.conn.Write(batch) }()
+	time.Sleep(500 * time.Millisecond)
+	for i, w := range want {
+		if got := c.reply(); got != w {
+			t.Fatalf("reply %d: got %q, want %q", i, short(got), short(w))
+		}
+	}
 }
