@@ -38,6 +38,13 @@ type output struct {
 	// raw writes to the socket without waiting; nil when the connection
 	// offers no raw access (then the writer goroutine writes everything).
 	raw syscall.RawConn
+	// rawWrite is tryWrite as a func value, made once: handing raw.Write a
+	// fresh closure would allocate on every write.
+	rawWrite func(fd uintptr) bool
+	// pending, written and writeErr are tryWrite's arguments and results.
+	pending  []byte
+	written  int
+	writeErr error
 }
 
 const (
@@ -55,6 +62,7 @@ func (o *output) init(conn net.Conn) {
 	if sc, ok := conn.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
 			o.raw = raw
+			o.rawWrite = o.tryWrite
 		}
 	}
 }
@@ -224,34 +232,38 @@ func (s *session) writeBlocking(b []byte) bool {
 
 // writeNow writes as much of b as the socket takes without waiting.
 func (s *session) writeNow(b []byte) (int, error) {
-	if s.out.raw == nil {
+	o := &s.out
+	if o.raw == nil {
 		return 0, nil
 	}
-	n := 0
-	var werr error
-	err := s.out.raw.Write(func(fd uintptr) bool {
-		for n < len(b) {
-			m, e := syscall.Write(int(fd), b[n:])
-			if m > 0 {
-				n += m
-			}
-			switch {
-			case e == syscall.EINTR:
-				continue
-			case e == syscall.EAGAIN:
-			case e != nil:
-				werr = e
-			case m > 0:
-				continue
-			}
-			break
-		}
-		return true // never wait for the socket here
-	})
+	o.pending, o.written, o.writeErr = b, 0, nil
+	err := o.raw.Write(o.rawWrite)
+	n := o.written
 	if err == nil {
-		err = werr
+		err = o.writeErr
 	}
+	o.pending, o.writeErr = nil, nil
 	return n, err
+}
+
+// tryWrite writes o.pending to fd until the socket is full; it always
+// reports done, so the runtime never waits for the socket here.
+func (o *output) tryWrite(fd uintptr) bool {
+	b := o.pending
+	for o.written < len(b) {
+		m, e := syscall.Write(int(fd), b[o.written:])
+		if m > 0 {
+			o.written += m
+		}
+		if e == syscall.EINTR || e == nil && m > 0 {
+			continue
+		}
+		if e != nil && e != syscall.EAGAIN {
+			o.writeErr = e
+		}
+		break // full (EAGAIN), failed, or wrote nothing
+	}
+	return true
 }
 
 func (s *session) writeFailed(err error) {
@@ -284,9 +296,12 @@ func (s *session) writeLoop() {
 	}
 }
 
-func (s *session) isDead() bool {
+func (s *session) isDead() bool { return isClosed(s.dead) }
+
+// isClosed reports whether ch is closed, without waiting.
+func isClosed(ch <-chan struct{}) bool {
 	select {
-	case <-s.dead:
+	case <-ch:
 		return true
 	default:
 		return false

@@ -230,14 +230,7 @@ func (srv *Server) poolFor(db, proto int) *pool.Pool {
 	return p
 }
 
-func (srv *Server) isClosing() bool {
-	select {
-	case <-srv.closingCh:
-		return true
-	default:
-		return false
-	}
-}
+func (srv *Server) isClosing() bool { return isClosed(srv.closingCh) }
 
 // sessionsSnapshot returns the open sessions, oldest first.
 func (srv *Server) sessionsSnapshot() []*session {

@@ -252,10 +252,8 @@ func (c sessionContext) Deadline() (time.Time, bool) { return time.Time{}, false
 func (c sessionContext) Done() <-chan struct{}       { return c.s.dead }
 func (c sessionContext) Value(any) any               { return nil }
 func (c sessionContext) Err() error {
-	select {
-	case <-c.s.dead:
+	if c.s.isDead() {
 		return context.Canceled
-	default:
-		return nil
 	}
+	return nil
 }
