@@ -122,21 +122,27 @@ func (s *session) subscribe(r *request, kind subKind, names [][]byte) {
 	}
 	s.srv.metrics.PubSubSubscribers.Set(float64(s.srv.hub.clients()))
 	// Answer once the upstream has confirmed every subscription, or with an
-	// error after the upstream timeout.
+	// error after the upstream timeout. After such an error the client
+	// cannot know what it is subscribed to, so funnel closes its connection
+	// once the error is sent; clients then reconnect and subscribe again.
 	s.srv.wg.Add(1)
 	go func() {
 		defer s.srv.wg.Done()
 		timer := time.NewTimer(s.pool.Timeout())
 		defer timer.Stop()
+		fail := func(err error) {
+			r.closeAfter, r.closeReason = true, "pubsub_unconfirmed"
+			r.Complete(nil, err)
+		}
 		for range names {
 			select {
 			case err := <-confirmations:
 				if err != nil {
-					r.Complete(nil, err)
+					fail(err)
 					return
 				}
 			case <-timer.C:
-				r.Complete(nil, errors.New("funnel: upstream did not confirm the subscription in time"))
+				fail(errors.New("funnel: upstream did not confirm the subscription in time"))
 				return
 			}
 		}

@@ -2,7 +2,10 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -245,4 +248,33 @@ func TestSlowSubscriberIsCutOff(t *testing.T) {
 		t.Fatalf("%v slow subscribers closed, want 1", closed)
 	}
 	expectClosed(t, slow)
+}
+
+// TestUnconfirmedSubscriptionClosesClient: when the upstream never confirms
+// a SUBSCRIBE, the client gets a funnel error and then its connection is
+// closed, since it cannot know what it is subscribed to; other clients are
+// unaffected.
+func TestUnconfirmedSubscriptionClosesClient(t *testing.T) {
+	addr := fakeUpstream(t, func(c net.Conn) {
+		// Answers ordinary commands, never SUBSCRIBE.
+		serveScripted(c, map[string]string{"get": "$1\r\nv\r\n", "subscribe": ""})
+	})
+	f := startFunnelFor(t, nil, "redis://"+addr, Options{}, pool.Options{Timeout: 300 * time.Millisecond})
+	sub, other := dialRaw(t, f.Addr), dialRaw(t, f.Addr)
+	if got := sub.do("SUBSCRIBE", "ch"); !strings.HasPrefix(got, "-ERR funnel: upstream did not confirm the subscription in time") {
+		t.Fatalf("SUBSCRIBE: %q", got)
+	}
+	if _, err := sub.tryReply(2 * time.Second); !errors.Is(err, io.EOF) {
+		t.Fatalf("connection not closed after the failed subscription: %v", err)
+	}
+	if got := other.do("GET", "k"); got != "$1\r\nv\r\n" {
+		t.Fatalf("other client: %q", got)
+	}
+	// The metric is counted once the session has cleaned up.
+	for deadline := time.Now().Add(2 * time.Second); testutil.ToFloat64(f.Metrics.ClientsClosed.WithLabelValues("pubsub_unconfirmed")) != 1; {
+		if time.Now().After(deadline) {
+			t.Fatal("the client was not counted as closed for pubsub_unconfirmed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
