@@ -61,6 +61,11 @@ func TestRESP3LocalReplies(t *testing.T) {
 	if list := c.do("CLIENT", "LIST"); !strings.HasPrefix(list, "=") || !strings.Contains(list, "txt:id=") {
 		t.Fatalf("CLIENT LIST in RESP3: %q", list)
 	}
+	// One connection each in the pools used: db 0 in RESP2 and RESP3, db 1
+	// in RESP3.
+	if info := c.do("INFO", "funnel"); !strings.Contains(info, "funnel_upstream_connections:3\r\n") {
+		t.Fatalf("INFO funnel does not count every pool's connections: %q", info)
+	}
 }
 
 // TestRESP3CacheKeptApart reads the same cached keys in RESP2 and RESP3:

@@ -230,6 +230,18 @@ func (srv *Server) poolFor(db, proto int) *pool.Pool {
 	return p
 }
 
+// sharedConnsUp counts the shared upstream connections up now, in every
+// pool (each db and RESP version in use).
+func (srv *Server) sharedConnsUp() int {
+	n := srv.pool.UpCount()
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	for _, p := range srv.dbPools {
+		n += p.UpCount()
+	}
+	return n
+}
+
 func (srv *Server) isClosing() bool { return isClosed(srv.closingCh) }
 
 // sessionsSnapshot returns the open sessions, oldest first.

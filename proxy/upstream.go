@@ -200,7 +200,7 @@ func (srv *Server) funnelInfo() []byte {
 	b = append(b, "funnel_version:"+Version+"\r\n"...)
 	line("funnel_connected_clients", int64(srv.sessionCount()))
 	line("funnel_pool_size", int64(srv.pool.Size()))
-	line("funnel_upstream_connections", int64(srv.pool.UpCount()))
+	line("funnel_upstream_connections", int64(srv.sharedConnsUp()))
 	line("funnel_client_commands", srv.stats.clientCommands.Load())
 	line("funnel_upstream_commands", srv.stats.upstreamCommands.Load())
 	line("funnel_local_replies", srv.stats.localReplies.Load())
