@@ -207,8 +207,10 @@ func cmdHello(s *session, r *request, args [][]byte) {
 
 // helloVersion returns the upstream's version for HELLO. It asks the pool
 // the client is about to use, so a funnel whose clients all speak RESP3
-// opens no RESP2 connection. If a RESP3 connection cannot log in, RESP2
-// tells whether the upstream is too old for RESP3.
+// opens no RESP2 connection. If a RESP3 connection cannot log in because
+// the upstream refuses HELLO 3, the client gets NOPROTO as from that
+// upstream; if it fails otherwise, RESP2 tells whether the upstream is too
+// old for RESP3.
 func (s *session) helloVersion(proto int) (version string, refusal []byte, err error) {
 	p := s.pool
 	if proto == 3 {
@@ -217,10 +219,16 @@ func (s *session) helloVersion(proto int) (version string, refusal []byte, err e
 		}
 	}
 	version, refusal, err = s.srv.upstreamVersion(p)
-	if err != nil && p != s.pool {
-		if v, r, err2 := s.srv.upstreamVersion(s.pool); err2 == nil && r == nil && !supportsRESP3(v) {
-			return v, nil, nil
-		}
+	if err == nil || p == s.pool {
+		return version, refusal, err
+	}
+	if msg := err.Error(); strings.Contains(msg, "login refused: NOPROTO") || strings.Contains(msg, "login refused: ERR unknown command") {
+		// The upstream turned down HELLO 3 itself (RESP3 switched off, or
+		// no HELLO at all): the client gets its answer.
+		return "", errReply("NOPROTO unsupported protocol version"), nil
+	}
+	if v, r, err2 := s.srv.upstreamVersion(s.pool); err2 == nil && r == nil && !supportsRESP3(v) {
+		return v, nil, nil
 	}
 	return version, refusal, err
 }

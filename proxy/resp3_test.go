@@ -139,3 +139,24 @@ func serveScripted(c net.Conn, replies map[string]string) {
 		}
 	}
 }
+
+// TestHELLO3RefusedByUpstream: an upstream of a RESP3-capable version that
+// turns HELLO 3 down (RESP3 switched off, as managed services allow) makes
+// funnel answer NOPROTO, and RESP2 keeps working.
+func TestHELLO3RefusedByUpstream(t *testing.T) {
+	addr := fakeUpstream(t, func(c net.Conn) {
+		serveScripted(c, map[string]string{
+			"hello": "-NOPROTO unsupported protocol version\r\n",
+			"info":  "$31\r\n# Server\r\nredis_version:7.2.4\r\n\r\n",
+			"get":   "$1\r\nv\r\n",
+		})
+	})
+	f := startFunnelFor(t, nil, "redis://"+addr, Options{}, pool.Options{Timeout: 2 * time.Second})
+	c := dialRaw(t, f.Addr)
+	if got := c.do("HELLO", "3"); got != "-NOPROTO unsupported protocol version\r\n" {
+		t.Fatalf("HELLO 3 refused upstream: %q", got)
+	}
+	if got := c.do("GET", "k"); got != "$1\r\nv\r\n" {
+		t.Fatalf("GET after NOPROTO: %q", got)
+	}
+}
