@@ -440,7 +440,7 @@ func (c *Conn) readLoop(nc net.Conn, inflight <-chan *Request) (head *Request, e
 	var scan resp.ReplyScanner
 	got := 0
 	var batch Batch
-	defer batch.flush()
+	defer batch.Flush()
 	for {
 		n, serr := scan.Scan(buf[start:end])
 		if err = serr; err != nil {
@@ -467,7 +467,7 @@ func (c *Conn) readLoop(nc net.Conn, inflight <-chan *Request) (head *Request, e
 		}
 		// Need more bytes: first send on the replies completed so far,
 		// then make room, then read.
-		batch.flush()
+		batch.Flush()
 		if start == end {
 			start, end = 0, 0
 			if len(buf) > maxIdleBuf {

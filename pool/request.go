@@ -71,8 +71,8 @@ func (b *Batch) Add(f Flusher) {
 	}
 }
 
-// flush calls every Flusher added, and empties b.
-func (b *Batch) flush() {
+// Flush calls every Flusher added, and empties b.
+func (b *Batch) Flush() {
 	for i, f := range b.flushers {
 		f.Flush()
 		b.flushers[i] = nil

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/funnel-proxy/funnel/pool"
 	"github.com/funnel-proxy/funnel/resp"
 	"github.com/tidwall/redcon"
 )
@@ -49,6 +50,9 @@ type hub struct {
 	out     chan []byte              // commands for the writer goroutine
 	running bool
 	nc      interface{ Close() error } // the live subscriber connection, if any
+	// batch collects the subscribers given messages from one read; only
+	// the reading goroutine uses it.
+	batch pool.Batch
 }
 
 // pendingSub is a client waiting for the upstream to confirm a subscription
@@ -386,6 +390,7 @@ func (h *hub) serveOnce(out chan []byte) error {
 
 // readLoop reads confirmations and messages from the subscriber connection.
 func (h *hub) readLoop(nc interface{ Read([]byte) (int, error) }) error {
+	defer h.batch.Flush()
 	buf := make([]byte, 16<<10)
 	start, end := 0, 0
 	var scan resp.ReplyScanner
@@ -399,6 +404,9 @@ func (h *hub) readLoop(nc interface{ Read([]byte) (int, error) }) error {
 			start += n
 			continue
 		}
+		// Every message read so far is queued: send them on, a write per
+		// subscriber rather than per message.
+		h.batch.Flush()
 		if start > 0 {
 			end = copy(buf, buf[start:end])
 			start = 0
@@ -451,7 +459,7 @@ func (h *hub) dispatch(raw []byte) {
 // deliverLocked copies a message to every subscriber of key.
 func (h *hub) deliverLocked(key subKey, raw []byte) {
 	for s := range h.subs[key] {
-		s.push(raw)
+		s.push(raw, &h.batch)
 		h.srv.metrics.PubSubMessages.Inc()
 	}
 }
@@ -483,19 +491,19 @@ func (h *hub) failAll(err error) {
 	}
 }
 
-// push queues a message for the client without waiting: a subscriber whose
-// queue is full is too slow and is cut off, as Redis cuts off a pub/sub
-// client over its output buffer limit.
-func (s *session) push(raw []byte) {
+// push queues a message for the client without waiting, its write left to
+// batch: a subscriber whose queue is full is too slow and is cut off, as
+// Redis cuts off a pub/sub client over its output buffer limit.
+func (s *session) push(raw []byte, batch *pool.Batch) {
 	r := newRequest(s, nil)
 	r.route = "pubsub"
-	r.Complete(raw, nil)
+	r.finish(raw, nil)
 	if s.resp3() {
 		r.reply[0] = '>' // the hub's RESP2 array becomes a RESP3 push
 	}
 	select {
 	case s.queue <- r:
-		s.sendReady(false)
+		s.sendReplies(batch)
 	default:
 		s.kill("pubsub_output_limit")
 	}
