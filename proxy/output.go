@@ -54,8 +54,10 @@ const (
 	// largeReply is the size from which the writer goroutine writes a reply
 	// straight from the request rather than copying it into the buffer.
 	largeReply = 256 << 10
-	// maxKeptOutBuf is the largest buffer kept once empty.
-	maxKeptOutBuf = 1 << 20
+	// maxKeptOutBuf is the largest buffer kept once empty: enough for the
+	// small replies most clients get, without holding a burst's worth of
+	// memory for each of thousands of idle clients.
+	maxKeptOutBuf = 16 << 10
 )
 
 func (o *output) init(conn net.Conn) {
