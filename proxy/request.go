@@ -13,7 +13,7 @@ import (
 // request is one client command on its way through funnel. The session's
 // reader makes it and queues it in arrival order; whoever answers it (a
 // local handler, an upstream connection, a fetch) calls Complete; the
-// session's writer sends the replies to the client in queue order.
+// session's output sends the replies to the client in queue order.
 type request struct {
 	pool.Request
 	s     *session
@@ -58,7 +58,7 @@ func newRequest(s *session, raw []byte) *request {
 	return r
 }
 
-// release recycles r. Only the writer calls it, after r's reply was sent,
+// release recycles r. Only the output calls it, once r's reply is buffered,
 // when nothing else can still hold r.
 func (r *request) release() {
 	reply, raw := r.reply[:0], r.rawBuf[:0]

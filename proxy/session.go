@@ -15,18 +15,19 @@ import (
 )
 
 // session is one client connection. Its reader parses commands and routes
-// each one; its writer sends the replies back in the order the commands
-// came, whatever order they were answered in.
+// each one; its output (see output.go) sends the replies back in the order
+// the commands came, whatever order they were answered in.
 type session struct {
 	srv  *Server
 	conn net.Conn
 	id   int64
 
-	// queue carries requests from reader to writer in arrival order. It is
-	// bounded (Options.MaxPipeline); a reader that fills it waits, so a
-	// client that pipelines without reading is slowed, not buffered forever.
+	// queue carries requests from the reader to the output in arrival
+	// order. It is bounded (Options.MaxPipeline); a reader that fills it
+	// waits, so a client that pipelines without reading is slowed, not
+	// buffered forever.
 	queue chan *request
-	// wake is signalled when a request completes; see writeLoop.
+	// wake calls the writer goroutine to the output; see writeLoop.
 	wake chan struct{}
 	// dead is closed when the session must end at once.
 	dead       chan struct{}
@@ -165,7 +166,7 @@ func (s *session) readLoop() {
 		if r == nil {
 			continue // queued by its handler
 		}
-		last := r.closeAfter // r belongs to the writer once queued
+		last := r.closeAfter // r belongs to the output once queued
 		if !s.enqueue(r) {
 			return
 		}
@@ -178,7 +179,7 @@ func (s *session) readLoop() {
 
 // awaitClose runs after QUIT: like Redis, funnel reads no further command,
 // but it still watches the socket, so a client that hangs up while its QUIT
-// waits behind a blocked command is noticed. The writer closes the
+// waits behind a blocked command is noticed. The output closes the
 // connection after QUIT's reply, which ends this.
 func (s *session) awaitClose() {
 	var sink [512]byte
