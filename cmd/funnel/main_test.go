@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -332,5 +333,14 @@ func TestProcs(t *testing.T) {
 	}
 	if _, err := parseConfig([]string{"--procs", "-1", "--upstream", "redis://x:1"}, io.Discard, func(string) string { return "" }); err == nil {
 		t.Error("--procs -1 accepted")
+	}
+	// run applies it.
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	_, _, stop := startRun(t, []string{"--procs", "3", "--upstream", "redis://127.0.0.1:1", "--metrics-listen", ""}, nil)
+	if got := runtime.GOMAXPROCS(0); got != 3 {
+		t.Errorf("GOMAXPROCS is %d after --procs 3", got)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
 	}
 }
