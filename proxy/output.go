@@ -163,13 +163,27 @@ loop:
 // appendReply adds r's reply (or its error) to the buffer and records its
 // metrics.
 func (s *session) appendReply(r *request) {
-	s.srv.metrics.Latency.WithLabelValues(r.route).Observe(time.Since(r.start).Seconds())
+	s.replyOut(r)
 	if r.err != nil {
 		s.out.buf = redcon.AppendError(s.out.buf, "ERR "+r.err.Error())
 		return
 	}
 	s.out.buf = append(s.out.buf, r.reply...)
-	s.pendingOut.Add(-int64(len(r.reply)))
+}
+
+// replyOut records that r's reply leaves the line: its metrics, and the
+// counts that decide whether a push may skip the line (see pushDirect).
+func (s *session) replyOut(r *request) {
+	s.srv.metrics.Latency.WithLabelValues(r.route).Observe(time.Since(r.start).Seconds())
+	if r.err == nil {
+		s.pendingOut.Add(-int64(len(r.reply)))
+	}
+	switch r.pubsubKind {
+	case confirmsSubscription:
+		s.unconfirmedSubs.Add(-1)
+	case queuedPush:
+		s.queuedPushes.Add(-1)
+	}
 }
 
 // writeLarge writes a large reply from the writer goroutine, after what is
@@ -178,8 +192,7 @@ func (s *session) writeLarge(r *request) bool {
 	if !s.flushLocked(true) || !s.writeBlocking(r.reply) {
 		return false
 	}
-	s.srv.metrics.Latency.WithLabelValues(r.route).Observe(time.Since(r.start).Seconds())
-	s.pendingOut.Add(-int64(len(r.reply)))
+	s.replyOut(r)
 	r.release()
 	return true
 }

@@ -99,6 +99,10 @@ func kindOf(name string) (subKind, bool) {
 func (s *session) routePubSub(r *request, name string, args [][]byte) {
 	kind, sub := kindOf(name)
 	r.route = "pubsub"
+	if sub {
+		r.pubsubKind = confirmsSubscription
+		s.unconfirmedSubs.Add(1)
+	}
 	if !s.enqueue(r) {
 		return
 	}
@@ -491,22 +495,59 @@ func (h *hub) failAll(err error) {
 	}
 }
 
-// push queues a message for the client without waiting, its write left to
-// batch: a subscriber whose queue is full is too slow and is cut off, as
-// Redis cuts off a pub/sub client over its output buffer limit.
+// pubsubKind tells the requests that order pub/sub output.
+type pubsubKind uint8
+
+const (
+	notPubSub            pubsubKind = iota
+	confirmsSubscription            // a SUBSCRIBE, PSUBSCRIBE or SSUBSCRIBE
+	queuedPush                      // a message waiting in line
+)
+
+// push hands a message to the client without waiting, its write left to
+// batch. A RESP3 client gets it at once if it can (see pushDirect); else it
+// waits in line like a reply, and a subscriber whose line is full is too
+// slow and is cut off, as Redis cuts off a pub/sub client over its output
+// buffer limit.
 func (s *session) push(raw []byte, batch *pool.Batch) {
+	if s.resp3() && s.pushDirect(raw, batch) {
+		return
+	}
 	r := newRequest(s, nil)
 	r.route = "pubsub"
+	r.pubsubKind = queuedPush
 	r.finish(raw, nil)
 	if s.resp3() {
 		r.reply[0] = '>' // the hub's RESP2 array becomes a RESP3 push
 	}
+	s.queuedPushes.Add(1)
 	select {
 	case s.queue <- r:
 		s.sendReplies(batch)
 	default:
 		s.kill("pubsub_output_limit")
 	}
+}
+
+// pushDirect puts a message for a RESP3 client straight into its output,
+// ahead of replies still awaited: RESP3 pushes may come between any two
+// replies, so a client blocked in BLPOP still gets its messages. It does not
+// when that could put the message before its subscription's confirmation or
+// an earlier message still in line, or while the client is not reading.
+func (s *session) pushDirect(raw []byte, batch *pool.Batch) bool {
+	o := &s.out
+	if !o.mu.TryLock() {
+		return false
+	}
+	defer o.mu.Unlock()
+	if o.stalled || s.isDead() || s.unconfirmedSubs.Load() > 0 || s.queuedPushes.Load() > 0 {
+		return false
+	}
+	// The buffer holds whole replies only, so the push lands between two.
+	o.buf = append(o.buf, '>')
+	o.buf = append(o.buf, raw[1:]...)
+	batch.Add(s)
+	return true
 }
 
 // splitArray returns the elements of a flat RESP array of bulk strings or

@@ -37,6 +37,9 @@ type request struct {
 	override []byte
 	// unwrapExec takes the one reply out of an EXEC reply (see lastChance).
 	unwrapExec bool
+	// pubsubKind marks a SUBSCRIBE's confirmation or a message that waits
+	// in line (see pushDirect).
+	pubsubKind pubsubKind
 	// flight is the cache flight r leads: others may be waiting on its reply.
 	flight *cache.Flight
 

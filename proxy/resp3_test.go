@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"context"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -158,5 +160,86 @@ func TestHELLO3RefusedByUpstream(t *testing.T) {
 	}
 	if got := c.do("GET", "k"); got != "$1\r\nv\r\n" {
 		t.Fatalf("GET after NOPROTO: %q", got)
+	}
+}
+
+// TestRESP3PushWhileBlocked: a RESP3 client blocked in BLPOP on the
+// connection that subscribed still gets its messages at once, as from
+// Redis; then the BLPOP reply. A RESP2 subscriber cannot send BLPOP at all.
+func TestRESP3PushWhileBlocked(t *testing.T) {
+	f := startFunnel(t, Options{}, pool.Options{})
+	c, pub := dialRaw(t, f.Addr), dialRaw(t, f.Addr)
+	c.do("HELLO", "3")
+	if got := c.do("SUBSCRIBE", "ch"); got != ">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n" {
+		t.Fatalf("SUBSCRIBE: %q", got)
+	}
+	c.send("BLPOP", "nothing", "2")
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	for i := 0; i < 3; i++ {
+		pub.do("PUBLISH", "ch", "m"+strconv.Itoa(i))
+	}
+	for i := 0; i < 3; i++ {
+		want := ">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nm" + strconv.Itoa(i) + "\r\n"
+		if got, err := c.tryReply(time.Second); err != nil || got != want {
+			t.Fatalf("message %d while blocked: %q %v", i, got, err)
+		}
+	}
+	if waited := time.Since(start); waited > time.Second {
+		t.Fatalf("messages came after %v, behind the BLPOP", waited)
+	}
+	if got := c.reply(); got != "_\r\n" {
+		t.Fatalf("BLPOP timeout in RESP3: %q", got)
+	}
+}
+
+// TestRESP3PushOrder: while messages pour in, a RESP3 subscriber sees its
+// SUBSCRIBE confirmed before any message of the channel, and then every
+// message in publish order, with none skipped, whichever way each reached
+// it (straight into its output or in line).
+func TestRESP3PushOrder(t *testing.T) {
+	f := startFunnel(t, Options{}, pool.Options{})
+	pub := f.client(t)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			pub.Publish(context.Background(), "ch", strconv.Itoa(i))
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	for round := 0; round < 5; round++ {
+		c := dialRaw(t, f.Addr)
+		c.do("HELLO", "3")
+		c.send("SUBSCRIBE", "ch")
+		if got := c.reply(); got != ">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n" {
+			t.Fatalf("round %d: first frame is not the confirmation: %q", round, got)
+		}
+		last := -1
+		for i := 0; i < 200; i++ {
+			if i == 100 {
+				c.send("PING") // a reply in between changes nothing
+			}
+			got := c.reply()
+			if got == "+PONG\r\n" {
+				got = c.reply()
+			}
+			parts := strings.Split(got, "\r\n")
+			if len(parts) < 7 || parts[0] != ">3" || parts[2] != "message" {
+				t.Fatalf("round %d: not a message: %q", round, got)
+			}
+			n, _ := strconv.Atoi(parts[6])
+			if last >= 0 && n != last+1 {
+				t.Fatalf("round %d: message %d after %d", round, n, last)
+			}
+			last = n
+		}
+		c.conn.Close()
 	}
 }

@@ -41,7 +41,11 @@ type session struct {
 	// answered. While it is above zero, new requests go to sticky, the
 	// connection they are on, so Redis runs them in the client's order.
 	upInFlight atomic.Int64
-	sticky     *pool.Conn
+	// unconfirmedSubs counts SUBSCRIBE replies, and queuedPushes messages,
+	// queued and not yet sent; while either is above zero a RESP3 push
+	// waits in line (see pushDirect).
+	unconfirmedSubs, queuedPushes atomic.Int64
+	sticky                        *pool.Conn
 	// stickyLease is the lease of sticky when it is an exclusive connection
 	// the client is finishing with; requests sent there carry it, so the
 	// last to complete releases the connection.
