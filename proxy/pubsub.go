@@ -540,7 +540,7 @@ func (s *session) pushDirect(raw []byte, batch *pool.Batch) bool {
 		return false
 	}
 	defer o.mu.Unlock()
-	if o.stalled || s.isDead() || s.unconfirmedSubs.Load() > 0 || s.queuedPushes.Load() > 0 {
+	if o.stalled || o.closeReason != "" || s.isDead() || s.unconfirmedSubs.Load() > 0 || s.queuedPushes.Load() > 0 {
 		return false
 	}
 	// The buffer holds whole replies only, so the push lands between two.
