@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/funnel-proxy/funnel/resp"
@@ -156,6 +157,22 @@ func (u Upstream) loginCommands() ([]byte, int) {
 	return b, replies
 }
 
+// LoginError is the upstream's error reply to a new connection's login
+// (AUTH, HELLO 3 or SELECT).
+type LoginError struct {
+	Reply string // the error text, without '-' and CRLF
+}
+
+func (e *LoginError) Error() string {
+	return "login refused: " + resp.Quote([]byte(e.Reply), 200)
+}
+
+// RefusesRESP3 reports whether the upstream turned down HELLO 3 itself: it
+// has no HELLO (Redis 5) or RESP3 is switched off.
+func (e *LoginError) RefusesRESP3() bool {
+	return strings.HasPrefix(e.Reply, "NOPROTO") || strings.HasPrefix(e.Reply, "ERR unknown command")
+}
+
 // readLoginReplies reads exactly n replies and fails on an error reply.
 // Nothing else is sent until the login is answered, so no byte past the
 // last reply can arrive and nothing read here belongs to a later request.
@@ -169,7 +186,7 @@ func readLoginReplies(nc net.Conn, n int) error {
 			return err
 		case m > 0:
 			if buf[0] == '-' || buf[0] == '!' {
-				return fmt.Errorf("login refused: %s", resp.Quote(bytes.TrimSpace(buf[1:m]), 200))
+				return &LoginError{Reply: string(bytes.TrimSpace(buf[1:m]))}
 			}
 			buf = buf[m:]
 			n--

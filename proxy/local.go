@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"crypto/subtle"
+	"errors"
 	"strconv"
 	"strings"
 
@@ -222,7 +223,7 @@ func (s *session) helloVersion(proto int) (version string, refusal []byte, err e
 	if err == nil || p == s.pool {
 		return version, refusal, err
 	}
-	if msg := err.Error(); strings.Contains(msg, "login refused: NOPROTO") || strings.Contains(msg, "login refused: ERR unknown command") {
+	if le := (*pool.LoginError)(nil); errors.As(err, &le) && le.RefusesRESP3() {
 		// The upstream turned down HELLO 3 itself (RESP3 switched off, or
 		// no HELLO at all): the client gets its answer.
 		return "", errReply("NOPROTO unsupported protocol version"), nil
