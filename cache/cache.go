@@ -2,15 +2,22 @@
 // read replies, invalidated by the writes funnel forwards.
 //
 // The contract, which every caller relies on:
-//   - A reply is served from the cache only while it is younger than its TTL,
-//     and only if no write to any of its keys was sent after the read that
-//     filled it was sent.
-//   - A read joins an in-flight identical read only if no write to its keys
-//     was sent since that read was sent.
-//   - Writes call Invalidate (or InvalidateDB/InvalidateAll) before they are
-//     sent upstream; that is what the two rules above are measured against.
+//   - A write calls BeginWrite (or BeginWriteDB) before it is sent and
+//     EndWrite once its reply (or its failure) is in, before the client
+//     that sent it hears the reply. In between, its keys are pending.
+//   - While a key is pending, no read of it is served from the cache, joins
+//     a flight, or fills the cache.
+//   - A reply is served only while it is younger than its TTL (counted from
+//     when its read was sent) and younger than any expiry the writes seen
+//     gave its keys, and only if no write to any of its keys began after
+//     its read was sent.
+//   - A read joins an identical flight only if no write to its keys began
+//     or ended since that flight's read was sent.
 //   - Error replies are never stored; values over the size limit are not
 //     stored; total size is bounded, least recently used entries go first.
+//
+// So a client always reads its own writes, and reads never go back in time:
+// a reply read before a write ended is never served after it ended.
 //
 // Writes funnel does not see (another client of the upstream, keys a Lua
 // script touches without declaring them) are bounded only by the TTL.
@@ -18,6 +25,7 @@ package cache
 
 import (
 	"container/list"
+	"hash/maphash"
 	"sync"
 	"time"
 )
@@ -28,19 +36,35 @@ type Stats struct {
 	Bytes, Entries                               int64
 }
 
+// stripes is how many write trackers keys hash into. A write marks its
+// keys' stripes; a read checks its keys' stripes. Two keys that share a
+// stripe only make each other look written more often than they are, which
+// costs a cache fill now and then and never correctness.
+const stripes = 4096
+
+// stripe tracks the writes to the keys that hash to it.
+type stripe struct {
+	pending int32  // writes begun and not ended
+	version uint64 // clock value of the last write begun or ended
+	expires int64  // soonest expiry (unix ns) a write gave one of its keys; 0: none
+}
+
 // Cache is safe for concurrent use.
 type Cache struct {
 	maxBytes int64
 	maxValue int
+	seed     maphash.Seed
 
-	mu      sync.Mutex
-	clock   uint64                       // advances on every invalidation
-	dbEpoch map[int]uint64               // last whole-db invalidation
-	keys    map[int]map[string]*keyState // by db: keys with entries or flights
-	entries map[cmdKey]*entry            // stored replies
-	flights map[cmdKey]*Flight           // reads in flight that others may join
-	lru     *list.List                   // of *entry, most recent first
-	stats   Stats
+	mu        sync.Mutex
+	clock     uint64                       // advances on every write begun or ended
+	stripes   [stripes]stripe              // by hash of db and key
+	dbEpoch   map[int]uint64               // last whole-db write begun or ended; -1: every db
+	dbPending map[int]int32                // whole-db writes pending
+	keys      map[int]map[string]*keyState // by db: keys with entries or flights
+	entries   map[cmdKey]*entry            // stored replies
+	flights   map[cmdKey]*Flight           // reads in flight that others may join
+	lru       *list.List                   // of *entry, most recent first
+	stats     Stats
 }
 
 type cmdKey struct {
@@ -48,12 +72,11 @@ type cmdKey struct {
 	cmd string
 }
 
-// keyState is what the cache tracks per key: when it was last written and
-// what refers to it. A key with no entries and no flights is forgotten.
+// keyState is what refers to a key: its entries and flights. A key with
+// neither is forgotten.
 type keyState struct {
-	lastWrite uint64
-	entries   map[*entry]bool
-	flights   int
+	entries map[*entry]bool
+	flights int
 }
 
 type entry struct {
@@ -82,8 +105,8 @@ type Flight struct {
 // maxValue.
 func New(maxBytes int64, maxValue int) *Cache {
 	return &Cache{
-		maxBytes: maxBytes, maxValue: maxValue,
-		dbEpoch: map[int]uint64{}, keys: map[int]map[string]*keyState{},
+		maxBytes: maxBytes, maxValue: maxValue, seed: maphash.MakeSeed(),
+		dbEpoch: map[int]uint64{}, dbPending: map[int]int32{}, keys: map[int]map[string]*keyState{},
 		entries: map[cmdKey]*entry{}, flights: map[cmdKey]*Flight{}, lru: list.New(),
 	}
 }
@@ -98,6 +121,16 @@ type Reader interface {
 	// Lead is called when the reader leads a new flight; it returns the
 	// flight's Owner, which joiners see.
 	Lead() any
+}
+
+func (c *Cache) stripeOfString(db int, key string) *stripe {
+	h := maphash.String(c.seed, key) ^ uint64(db)*0x9e3779b97f4a7c15
+	return &c.stripes[h%stripes]
+}
+
+func (c *Cache) stripeIndex(db int, key []byte) uint32 {
+	h := maphash.Bytes(c.seed, key) ^ uint64(db)*0x9e3779b97f4a7c15
+	return uint32(h % stripes)
 }
 
 // Lookup is called before a read of keys is sent. With ttl > 0 a fresh
@@ -127,7 +160,11 @@ func (c *Cache) Lookup(db int, cmd string, keys []string, ttl time.Duration, now
 	if rd != nil {
 		f.Owner = rd.Lead()
 	}
-	c.flights[k] = f
+	// A read of a pending key must not be joined: it may overtake the
+	// write on another connection. It still goes upstream, on its own.
+	if c.validSince(db, keys, f.start) {
+		c.flights[k] = f
+	}
 	for _, key := range keys {
 		c.track(db, key).flights++
 	}
@@ -135,10 +172,12 @@ func (c *Cache) Lookup(db int, cmd string, keys []string, ttl time.Duration, now
 }
 
 // Finish ends a flight and returns the readers that joined it, for the
-// caller to give them the outcome. A reply that may be kept is stored, unless a write to one of its keys was sent meanwhile. The
-// entry expires one TTL after the read was sent, not after its reply came:
-// the upstream may have run it any time in between, so this is the bound
-// that never lets data older than the TTL be served.
+// caller to give them the outcome. A reply that may be kept is stored,
+// unless a write to one of its keys began since the read was sent or is
+// still pending. The entry expires one TTL after the read was sent, not
+// after its reply came: the upstream may have run it any time in between,
+// so this is the bound that never lets data older than the TTL be served;
+// and no later than an expiry that a write seen gave one of its keys.
 func (c *Cache) Finish(f *Flight, reply []byte, err error) []Reader {
 	c.mu.Lock()
 	if c.flights[f.key] == f {
@@ -150,7 +189,7 @@ func (c *Cache) Finish(f *Flight, reply []byte, err error) []Reader {
 			ks.flights--
 		}
 	}
-	storable := err == nil && f.ttl > 0 && len(reply) > 0 && reply[0] != '-' && len(reply) <= c.maxValue
+	storable := err == nil && f.ttl > 0 && len(reply) > 0 && reply[0] != '-' && reply[0] != '!' && len(reply) <= c.maxValue
 	if storable {
 		if c.validSince(db, f.keys, f.start) {
 			c.store(f, reply)
@@ -168,13 +207,13 @@ func (c *Cache) Finish(f *Flight, reply []byte, err error) []Reader {
 }
 
 // validSince reports whether none of keys (nor their db) was written after
-// clock value start. mu must be held.
+// clock value start, and none is pending now. mu must be held.
 func (c *Cache) validSince(db int, keys []string, start uint64) bool {
-	if c.dbEpoch[db] > start || c.dbEpoch[-1] > start {
+	if c.dbEpoch[db] > start || c.dbEpoch[-1] > start || c.dbPending[db] > 0 || c.dbPending[-1] > 0 {
 		return false
 	}
 	for _, key := range keys {
-		if ks := c.keys[db][key]; ks != nil && ks.lastWrite > start {
+		if st := c.stripeOfString(db, key); st.pending > 0 || st.version > start {
 			return false
 		}
 	}
@@ -185,7 +224,15 @@ func (c *Cache) store(f *Flight, reply []byte) {
 	if old := c.entries[f.key]; old != nil {
 		c.removeEntry(old)
 	}
-	e := &entry{key: f.key, keys: f.keys, reply: append([]byte(nil), reply...), expires: f.sent.Add(f.ttl)}
+	expires := f.sent.Add(f.ttl)
+	for _, key := range f.keys {
+		// A key that a write gave an expiry before this read was sent: the
+		// reply may not outlive it.
+		if st := c.stripeOfString(f.key.db, key); st.expires > f.sent.UnixNano() && st.expires < expires.UnixNano() {
+			expires = time.Unix(0, st.expires)
+		}
+	}
+	e := &entry{key: f.key, keys: f.keys, reply: append([]byte(nil), reply...), expires: expires}
 	e.elem = c.lru.PushFront(e)
 	c.entries[f.key] = e
 	for _, key := range f.keys {
@@ -238,39 +285,93 @@ func (c *Cache) forgetIfUnused(db int, key string) {
 	}
 }
 
-// Invalidate records a write to keys of db, about to be sent: replies of
-// those keys are dropped, and reads in flight on them will not fill. keys
-// are byte slices, so a write to a key nothing refers to costs no
-// allocation (the lookup by string(key) does not copy).
-func (c *Cache) Invalidate(db int, keys [][]byte) {
+// Write is a write that began: its keys stay pending until EndWrite.
+type Write struct {
+	db      int
+	whole   bool     // the write's keys are unknown: all of db (or every db, -1) is pending
+	stripes []uint32 // the stripes of its keys
+}
+
+// BeginWrite records a write to keys of db, about to be sent: replies of
+// those keys are dropped, and until EndWrite no read of them is served,
+// joined or stored. expires, when not zero, is the soonest the write may
+// make its keys expire (SET ... PX, EXPIRE ...). stripes is storage the
+// Write may keep, so that a write allocates nothing.
+func (c *Cache) BeginWrite(db int, keys [][]byte, expires time.Time, stripes []uint32) Write {
+	w := Write{db: db, stripes: stripes[:0]}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.clock++
 	byKey := c.keys[db]
 	for _, key := range keys {
-		ks := byKey[string(key)]
+		i := c.stripeIndex(db, key)
+		w.stripes = append(w.stripes, i)
+		st := &c.stripes[i]
+		st.pending++
+		st.version = c.clock
+		if !expires.IsZero() {
+			ns := expires.UnixNano()
+			if st.expires <= time.Now().UnixNano() || ns < st.expires {
+				st.expires = ns
+			}
+		}
+		ks := byKey[string(key)] // no allocation: the lookup does not copy
 		if ks == nil {
 			continue // nothing cached or in flight refers to it
 		}
-		ks.lastWrite = c.clock
 		for e := range ks.entries {
 			c.removeEntry(e)
 		}
 	}
+	return w
 }
 
-// InvalidateDB records a write to unknown keys of db (FLUSHDB, an unknown
+// BeginWriteDB records a write to unknown keys of db (FLUSHDB, an unknown
 // command); db -1 means every db (FLUSHALL, SWAPDB).
-func (c *Cache) InvalidateDB(db int) {
+func (c *Cache) BeginWriteDB(db int) Write {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.clock++
 	c.dbEpoch[db] = c.clock
+	c.dbPending[db]++
 	for k, e := range c.entries {
 		if db == -1 || k.db == db {
 			c.removeEntry(e)
 		}
 	}
+	return Write{db: db, whole: true}
+}
+
+// EndWrite records that w's reply, or its failure, is in: its keys are no
+// longer pending, and no read sent before now fills or is joined.
+func (c *Cache) EndWrite(w Write) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.clock++
+	if w.whole {
+		c.dbEpoch[w.db] = c.clock
+		if c.dbPending[w.db]--; c.dbPending[w.db] <= 0 {
+			delete(c.dbPending, w.db)
+		}
+		return
+	}
+	for _, i := range w.stripes {
+		st := &c.stripes[i]
+		st.pending--
+		st.version = c.clock
+	}
+}
+
+// KnownExpiry returns the soonest expiry writes seen gave key in db, or the
+// zero time. RENAME and COPY pass it on to their destination.
+func (c *Cache) KnownExpiry(db int, key []byte) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := &c.stripes[c.stripeIndex(db, key)]
+	if st.expires <= time.Now().UnixNano() {
+		return time.Time{}
+	}
+	return time.Unix(0, st.expires)
 }
 
 // Stats returns the counters.
@@ -279,3 +380,6 @@ func (c *Cache) Stats() Stats {
 	defer c.mu.Unlock()
 	return c.stats
 }
+
+// Stripes returns the storage the write keeps, for the caller to reuse.
+func (w Write) Stripes() []uint32 { return w.stripes }

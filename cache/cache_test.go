@@ -36,7 +36,7 @@ func TestWriteDropsEntry(t *testing.T) {
 	c := New(1<<20, 1<<10)
 	_, _, f := c.Lookup(0, "mget|a|b", []string{"a", "b"}, time.Second, t0, nil)
 	c.Finish(f, []byte("*2\r\n$-1\r\n$-1\r\n"), nil)
-	c.Invalidate(0, [][]byte{[]byte("b")})
+	c.EndWrite(c.BeginWrite(0, [][]byte{[]byte("b")}, time.Time{}, nil))
 	if hit, _, _ := c.Lookup(0, "mget|a|b", []string{"a", "b"}, time.Second, t0, nil); hit != nil {
 		t.Fatal("entry survived a write to one of its keys")
 	}
@@ -51,7 +51,7 @@ func TestWriteDropsEntry(t *testing.T) {
 func TestFillRace(t *testing.T) {
 	c := New(1<<20, 1<<10)
 	_, _, f := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, nil)
-	c.Invalidate(0, [][]byte{[]byte("k")})
+	c.EndWrite(c.BeginWrite(0, [][]byte{[]byte("k")}, time.Time{}, nil))
 	hit, joined, f2 := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, &reader{join: true})
 	if hit != nil || joined || f2 == nil {
 		t.Fatal("a read after a write joined a flight sent before it")
@@ -64,7 +64,7 @@ func TestFillRace(t *testing.T) {
 	if hit, _, _ := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, nil); string(hit) != "$3\r\nnew\r\n" {
 		t.Fatalf("hit = %q", hit)
 	}
-	c.InvalidateDB(-1)
+	c.EndWrite(c.BeginWriteDB(-1))
 	if hit, _, _ := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, nil); hit != nil {
 		t.Fatal("entry survived FLUSHALL")
 	}
@@ -119,5 +119,60 @@ func TestLRUBound(t *testing.T) {
 	}
 	if len(c.keys[0]) > int(s.Entries)+2 {
 		t.Fatalf("%d keys tracked for %d entries", len(c.keys[0]), s.Entries)
+	}
+}
+
+// TestPendingWrite covers the window between a write being sent and its
+// reply: a read then may run before the write on another connection, so it
+// must neither join, fill, nor be served; and a read sent in that window is
+// not stored even if it finishes after the write ended.
+func TestPendingWrite(t *testing.T) {
+	c := New(1<<20, 1<<10)
+	get := func(rd Reader) ([]byte, bool, *Flight) {
+		return c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, rd)
+	}
+	_, _, f := get(nil)
+	c.Finish(f, []byte("$2\r\nv0\r\n"), nil)
+	w := c.BeginWrite(0, [][]byte{[]byte("k")}, time.Time{}, nil)
+	hit, _, during := get(&reader{join: true})
+	if hit != nil || during == nil {
+		t.Fatal("served from the cache while a write to the key was pending")
+	}
+	if _, joined, _ := get(&reader{join: true}); joined {
+		t.Fatal("joined a read of a pending key")
+	}
+	c.EndWrite(w)
+	c.Finish(during, []byte("$2\r\nv0\r\n"), nil)
+	if hit, _, _ := get(nil); hit != nil {
+		t.Fatal("a read sent while the write was pending filled the cache")
+	}
+	_, _, after := get(nil)
+	c.Finish(after, []byte("$2\r\nv1\r\n"), nil)
+	if hit, _, _ := get(nil); string(hit) != "$2\r\nv1\r\n" {
+		t.Fatalf("after the write: hit = %q", hit)
+	}
+	wdb := c.BeginWriteDB(0)
+	if hit, _, _ := get(nil); hit != nil {
+		t.Fatal("served while a whole-db write was pending")
+	}
+	c.EndWrite(wdb)
+}
+
+// TestExpiryBoundsEntries checks that an expiry a write gave a key caps the
+// life of a reply read after it.
+func TestExpiryBoundsEntries(t *testing.T) {
+	c := New(1<<20, 1<<10)
+	now := time.Now()
+	c.EndWrite(c.BeginWrite(0, [][]byte{[]byte("k")}, now.Add(100*time.Millisecond), nil))
+	if got := c.KnownExpiry(0, []byte("k")); !got.Equal(now.Add(100 * time.Millisecond).Truncate(0)) {
+		t.Fatalf("KnownExpiry = %v", got)
+	}
+	_, _, f := c.Lookup(0, "get|k", []string{"k"}, time.Minute, now.Add(time.Millisecond), nil)
+	c.Finish(f, []byte("$1\r\nv\r\n"), nil)
+	if hit, _, _ := c.Lookup(0, "get|k", []string{"k"}, time.Minute, now.Add(50*time.Millisecond), nil); hit == nil {
+		t.Fatal("no hit before the expiry")
+	}
+	if hit, _, _ := c.Lookup(0, "get|k", []string{"k"}, time.Minute, now.Add(100*time.Millisecond), nil); hit != nil {
+		t.Fatal("served past the key's expiry")
 	}
 }

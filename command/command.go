@@ -8,6 +8,7 @@ package command
 import (
 	"bytes"
 	"strconv"
+	"strings"
 )
 
 // Flag is a property of a command, as COMMAND INFO reports it.
@@ -86,6 +87,37 @@ func Lookup(args [][]byte) *Info {
 		return sub
 	}
 	return info
+}
+
+// Resolve finds the command args name as Redis's lookupCommand does: the
+// command itself when it has no subcommands or args names none, else the
+// subcommand. For a container command (CLIENT, CONFIG ...) with an unknown
+// subcommand it returns nil and the container, so the caller can answer as
+// Redis does ("unknown subcommand ... Try CLIENT HELP."); for an unknown
+// command, nil and nil.
+func Resolve(args [][]byte) (info, container *Info) {
+	if len(args) == 0 {
+		return nil, nil
+	}
+	info = find(table, args[0])
+	if info == nil || info.Subcommands == nil || len(args) < 2 {
+		return info, nil
+	}
+	if sub := find(info.Subcommands, args[1]); sub != nil {
+		return sub, nil
+	}
+	return nil, info
+}
+
+// Known reports whether name, in lower case, is in the table: a command, or
+// a subcommand written "container|sub".
+func Known(name string) bool {
+	base, sub, isSub := strings.Cut(name, "|")
+	info := table[base]
+	if info == nil || !isSub {
+		return info != nil
+	}
+	return info.Subcommands[sub] != nil
 }
 
 // CheckArity reports whether args satisfy the command's arity.

@@ -1,9 +1,17 @@
 // Package metrics holds funnel's Prometheus collectors, all registered on
 // one registry that cmd/funnel makes and passes down.
+//
+// Label values never come from client input: command labels are names from
+// the command table (see CommandLabel), and every other label is a typed
+// value's String.
 package metrics
 
 import (
+	"sync"
+	"sync/atomic"
+
 	"github.com/funnel-proxy/funnel/cache"
+	"github.com/funnel-proxy/funnel/command"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -26,9 +34,80 @@ type Metrics struct {
 	PubSubChannels    *prometheus.GaugeVec // by kind: channel, pattern, shard
 	PubSubSubscribers prometheus.Gauge
 	PubSubMessages    prometheus.Counter
+	Panics            prometheus.Counter
+	MemoryWaits       prometheus.Counter // reads held back by --max-memory
+
+	// Buffered is the request and reply bytes funnel holds for clients now
+	// (funnel_buffered_bytes), which --max-memory bounds.
+	Buffered atomic.Int64
+
+	// Totals of the command counters, for INFO's Funnel section.
+	ClientTotal, UpstreamTotal, LocalTotal atomic.Int64
 
 	reg          prometheus.Registerer
 	cacheWatched bool
+	byCommand    sync.Map // label -> *CommandCounters
+}
+
+// Labels funnel uses for commands that have no name of their own in the
+// command table.
+const (
+	// UnknownCommand labels every command the table does not know.
+	UnknownCommand = "unknown"
+	// Unauthenticated labels what a client sends before it authenticates,
+	// except the commands allowed then (AUTH, HELLO ...), so that nothing an
+	// unauthenticated peer sends can even pick a label.
+	Unauthenticated = "unauthenticated"
+)
+
+// CommandLabel returns the label for a command name: the name itself when
+// the command table has it (subcommands as "client|list"), else
+// UnknownCommand.
+func CommandLabel(name string) string {
+	if name == Unauthenticated || command.Known(name) {
+		return name
+	}
+	return UnknownCommand
+}
+
+// CommandCounters are one command's counters, resolved once: a labelled
+// counter lookup hashes its labels on every call, and each command passes
+// through here at least twice.
+type CommandCounters struct {
+	m                       *Metrics
+	client, upstream, local prometheus.Counter
+}
+
+// Client counts a command received from a client.
+func (c *CommandCounters) Client() { c.client.Inc(); c.m.ClientTotal.Add(1) }
+
+// Upstream counts n commands written upstream: the bill.
+func (c *CommandCounters) Upstream(n int) {
+	c.upstream.Add(float64(n))
+	c.m.UpstreamTotal.Add(int64(n))
+}
+
+// Local counts a command answered by funnel.
+func (c *CommandCounters) Local() { c.local.Inc(); c.m.LocalTotal.Add(1) }
+
+// Command returns the counters of the command name, labelled as
+// CommandLabel says.
+func (m *Metrics) Command(name string) *CommandCounters {
+	if c, ok := m.byCommand.Load(name); ok {
+		return c.(*CommandCounters)
+	}
+	label := CommandLabel(name)
+	if c, ok := m.byCommand.Load(label); ok {
+		return c.(*CommandCounters) // an unknown name: never stored under itself
+	}
+	c := &CommandCounters{
+		m:        m,
+		client:   m.ClientCommands.WithLabelValues(label),
+		upstream: m.UpstreamCommands.WithLabelValues(label),
+		local:    m.LocalReplies.WithLabelValues(label),
+	}
+	actual, _ := m.byCommand.LoadOrStore(label, c)
+	return actual.(*CommandCounters)
 }
 
 // New makes the collectors and registers them on reg.
@@ -39,7 +118,7 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "funnel_client_commands_total", Help: "Commands received from clients, by command.",
 		}, []string{"command"}),
 		UpstreamCommands: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "funnel_upstream_commands_total", Help: "Commands sent to the upstream, by command. This is what a per-command bill counts.",
+			Name: "funnel_upstream_commands_total", Help: "Commands written to the upstream, by command, login and INFO included. This is what a per-command bill counts.",
 		}, []string{"command"}),
 		LocalReplies: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "funnel_local_replies_total", Help: "Commands answered by funnel without the upstream, by command.",
@@ -85,10 +164,20 @@ func New(reg prometheus.Registerer) *Metrics {
 		PubSubMessages: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "funnel_pubsub_messages_delivered_total", Help: "Pub/sub messages delivered to clients (one per receiving client).",
 		}),
+		Panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "funnel_panics_recovered_total", Help: "Panics recovered in a client session; each closed only that client. Any is a bug: please report it with the logged stack.",
+		}),
+		MemoryWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "funnel_memory_waits_total", Help: "Times a client's reads were held back because funnel was at --max-memory.",
+		}),
 	}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "funnel_buffered_bytes", Help: "Request and reply bytes funnel holds for clients now, bounded by --max-memory.",
+	}, func() float64 { return float64(m.Buffered.Load()) }))
 	reg.MustRegister(m.ExclusiveConns, m.ExclusiveWaiting, m.PubSubChannels, m.PubSubSubscribers, m.PubSubMessages)
 	reg.MustRegister(m.ClientCommands, m.UpstreamCommands, m.LocalReplies, m.ClientConnections,
-		m.ClientsAccepted, m.ClientsClosed, m.UpstreamConns, m.UpstreamDials, m.InFlight, m.Errors, m.Latency)
+		m.ClientsAccepted, m.ClientsClosed, m.UpstreamConns, m.UpstreamDials, m.InFlight, m.Errors, m.Latency,
+		m.Panics, m.MemoryWaits)
 	return m
 }
 
@@ -110,7 +199,7 @@ func (m *Metrics) WatchCache(stats func() cache.Stats) {
 		counter("funnel_cache_hits_total", "Reads answered from the cache.", func(s cache.Stats) int64 { return s.Hits }),
 		counter("funnel_cache_misses_total", "Cacheable or coalescable reads sent upstream.", func(s cache.Stats) int64 { return s.Misses }),
 		counter("funnel_cache_joined_total", "Reads that joined an identical read in flight.", func(s cache.Stats) int64 { return s.Joins }),
-		counter("funnel_cache_dropped_fills_total", "Replies not cached because a write to their keys was sent while they were in flight.", func(s cache.Stats) int64 { return s.DroppedFills }),
+		counter("funnel_cache_dropped_fills_total", "Replies not cached because a write to their keys was pending or sent while they were in flight.", func(s cache.Stats) int64 { return s.DroppedFills }),
 		counter("funnel_cache_evictions_total", "Entries evicted to stay within --cache-max-bytes.", func(s cache.Stats) int64 { return s.Evictions }),
 		gauge("funnel_cache_bytes", "Bytes held by cached replies.", func(s cache.Stats) int64 { return s.Bytes }),
 		gauge("funnel_cache_entries", "Cached replies.", func(s cache.Stats) int64 { return s.Entries }),

@@ -35,6 +35,40 @@ const (
 	maxIdleBuf = 1 << 20 // a read buffer that grew past this is dropped when empty
 )
 
+// Role names a connection's role, for logs and the connections metric.
+type Role uint8
+
+// Lanes.
+const (
+	SharedLane    Role = iota // pipelined, shared by every client
+	ExclusiveLane             // lent to one client at a time
+	PubSubLane                // the pub/sub hub's subscriber connection
+	AdminLane                 // a connection of its own for one command (SCRIPT KILL)
+)
+
+func (l Role) String() string {
+	switch l {
+	case SharedLane:
+		return "shared"
+	case ExclusiveLane:
+		return "exclusive"
+	case PubSubLane:
+		return "pubsub"
+	default:
+		return "admin"
+	}
+}
+
+// PushHandler receives what a push connection reads: every reply, in order,
+// since a subscriber connection's replies are not matched to requests.
+type PushHandler interface {
+	// Push is called for each whole reply read; raw is valid only during
+	// the call. It must not block; what it leaves buffered goes in batch.
+	Push(raw []byte, batch *Batch)
+	// Down is called when the connection ends, after its last Push.
+	Down(err error)
+}
+
 // Conn is one long-lived upstream connection slot. Requests submitted to it
 // are written in order and auto-pipelined: its writer collects whatever is
 // queued, writes it in one go and flushes when the queue is empty. Its
@@ -43,7 +77,9 @@ const (
 // redials lazily, when the next request comes.
 type Conn struct {
 	pool *Pool
-	lane string
+	role Role
+	// push, when set, makes this a push connection (see NewPushConn).
+	push PushHandler
 
 	// queue holds submitted requests not yet written. It is bounded; Submit
 	// waits (with its context) while it is full, which pushes back on clients.
@@ -54,7 +90,11 @@ type Conn struct {
 	state atomic.Int32
 	// stop is closed to end an exclusive connection on its own; nil (never
 	// ready) for shared ones, which end with the pool.
-	stop chan struct{}
+	stop     chan struct{}
+	stopOnce sync.Once
+	// upstreamID is the upstream's CLIENT ID for this connection, learnt at
+	// login on exclusive connections (for CLIENT UNBLOCK); 0 when unknown.
+	upstreamID atomic.Int64
 
 	// Guarded by mu (never held across I/O).
 	mu       sync.Mutex
@@ -69,8 +109,12 @@ type Conn struct {
 	nc          net.Conn
 }
 
-func newConn(p *Pool, lane string, queueLen int) *Conn {
-	return &Conn{pool: p, lane: lane, queue: make(chan *Request, queueLen)}
+func newConn(p *Pool, role Role, queueLen int) *Conn {
+	c := &Conn{pool: p, role: role, queue: make(chan *Request, queueLen)}
+	if role != SharedLane {
+		c.stop = make(chan struct{})
+	}
+	return c
 }
 
 // Load returns the number of requests submitted to c and not yet completed.
@@ -78,6 +122,10 @@ func (c *Conn) Load() int64 { return c.load.Load() }
 
 // Up reports whether c has a working connection now.
 func (c *Conn) Up() bool { return c.state.Load() == stateUp }
+
+// UpstreamID returns the upstream's client id of an exclusive connection
+// that is up, or 0.
+func (c *Conn) UpstreamID() int64 { return c.upstreamID.Load() }
 
 // usable reports whether a request sent now would be tried (not failed fast
 // by a redial backoff).
@@ -103,9 +151,41 @@ func (c *Conn) Submit(ctx context.Context, r *Request) {
 	select {
 	case c.queue <- r:
 	case <-ctx.Done():
-		c.complete(r, nil, &Error{Kind: "closed", Err: ctx.Err()})
+		c.complete(r, nil, &Error{Kind: Closed, Err: ctx.Err()})
 	case <-c.pool.closing:
-		c.complete(r, nil, &Error{Kind: "closed", Err: ErrClosed})
+		c.complete(r, nil, &Error{Kind: Closed, Err: ErrClosed})
+	}
+}
+
+// TrySubmit queues r on c if there is room now, and reports whether it did;
+// if not, r is left alone.
+func (c *Conn) TrySubmit(r *Request) bool {
+	c.load.Add(1)
+	select {
+	case c.queue <- r:
+		return true
+	default:
+		c.load.Add(-1)
+		return false
+	}
+}
+
+// Close ends an exclusive, push or admin connection: what is on it fails,
+// and the slot is not redialed. It is idempotent.
+func (c *Conn) Close() {
+	if c.stop != nil {
+		c.stopOnce.Do(func() { close(c.stop) })
+	}
+}
+
+// Break closes the socket of c if it is up, so that it redials. Requests on
+// it fail as on any broken connection.
+func (c *Conn) Break() {
+	c.mu.Lock()
+	nc := c.nc
+	c.mu.Unlock()
+	if nc != nil {
+		nc.Close()
 	}
 }
 
@@ -129,18 +209,18 @@ func (c *Conn) completeBatched(r *Request, reply []byte, batch *Batch) {
 // counted records a request's end in c's load and the error metrics.
 func (c *Conn) counted(err error) {
 	c.load.Add(-1)
-	if err != nil {
+	if err != nil && !errors.Is(err, ErrCancelled) {
 		var pe *Error
-		kind := "other"
+		kind := Lost
 		if errors.As(err, &pe) {
 			kind = pe.Kind
 		}
-		c.pool.metrics.Errors.WithLabelValues("upstream_" + kind).Inc()
+		c.pool.metrics.Errors.WithLabelValues(kind.String()).Inc()
 	}
 }
 
 // run owns the slot: it waits for work, dials, serves until the connection
-// breaks, and starts over. It ends when the pool closes.
+// breaks, and starts over. It ends when the pool closes or c is closed.
 func (c *Conn) run() {
 	defer c.pool.wg.Done()
 	for {
@@ -148,29 +228,33 @@ func (c *Conn) run() {
 		select {
 		case first = <-c.queue:
 		case <-c.pool.closing:
-			c.failAll(&Error{Kind: "closed", Err: ErrClosed})
+			c.failAll(&Error{Kind: Closed, Err: ErrClosed})
 			return
 		case <-c.stop:
-			c.failAll(&Error{Kind: "lost", Err: errStopped})
+			c.failAll(&Error{Kind: Lost, Err: errStopped})
 			return
+		}
+		if first.cancelled() {
+			c.complete(first, nil, &Error{Kind: Closed, Err: ErrCancelled})
+			continue
 		}
 		if err := c.downErr(); err != nil {
 			c.complete(first, nil, err)
 			continue
 		}
 		c.state.Store(stateDialing)
-		nc, err := c.pool.upstream.dial(c.pool.ctx, c.pool.opts.DialTimeout)
+		nc, id, err := c.pool.dial(c.pool.ctx, c.role == ExclusiveLane)
 		if err != nil {
-			c.pool.metrics.UpstreamDials.WithLabelValues("error").Inc()
-			uerr := &Error{Kind: "unavailable", Err: err}
-			c.setDown(uerr)
-			c.pool.log.Warn("upstream dial failed", "lane", c.lane, "upstream", c.pool.upstream.String(), "err", err)
-			c.complete(first, nil, uerr)
-			c.failQueued(uerr)
+			c.setDown(err)
+			c.pool.log.Warn("upstream dial failed; funnel retries when the next command needs it (check the upstream URL, its password and that it is reachable)",
+				"lane", c.role.String(), "upstream", c.pool.upstream.String(), "err", err)
+			c.complete(first, nil, err)
+			c.failQueued(err)
 			continue
 		}
-		c.pool.metrics.UpstreamDials.WithLabelValues("ok").Inc()
+		c.upstreamID.Store(id)
 		c.serve(nc, first)
+		c.upstreamID.Store(0)
 	}
 }
 
@@ -228,10 +312,10 @@ func (c *Conn) failQueued(err error) {
 func (c *Conn) serve(nc net.Conn, first *Request) {
 	c.mu.Lock()
 	c.failures, c.outstanding, c.nc = 0, 0, nc
-	c.deadlineAt = time.Time{}
+	c.deadlineAt, c.noDeadline = time.Time{}, c.push != nil
 	c.mu.Unlock()
 	c.state.Store(stateUp)
-	gauge := c.pool.metrics.UpstreamConns.WithLabelValues(c.lane)
+	gauge := c.pool.metrics.UpstreamConns.WithLabelValues(c.role.String())
 	gauge.Inc()
 	defer gauge.Dec()
 
@@ -283,8 +367,14 @@ func (c *Conn) serve(nc net.Conn, first *Request) {
 	// move to another connection, so that a client's later commands cannot
 	// overtake its earlier ones.
 	c.failQueued(failure)
-	if lost > 0 || !errors.Is(cause, errIdleClosed) {
-		c.pool.log.Warn("upstream connection closed", "lane", c.lane, "err", cause, "failed_requests", lost)
+	if c.push != nil {
+		c.push.Down(failure)
+	}
+	switch {
+	case errors.Is(cause, errStopped), c.role == AdminLane:
+	case lost > 0 || !errors.Is(cause, errIdleClosed):
+		c.pool.log.Warn("upstream connection closed; the commands on it got a funnel: error and funnel redials when needed",
+			"lane", c.role.String(), "err", cause, "failed_requests", lost)
 	}
 }
 
@@ -294,7 +384,7 @@ func asPoolError(err error) error {
 	if errors.As(err, &pe) {
 		return err
 	}
-	return &Error{Kind: "lost", Err: err}
+	return &Error{Kind: Lost, Err: err}
 }
 
 // errStopped ends an exclusive connection that was discarded, for example
@@ -305,10 +395,24 @@ var errStopped = errors.New("connection discarded")
 // flight; hosted Redis services do this to idle clients. It is not a failure.
 var errIdleClosed = errors.New("closed by upstream while idle")
 
+// deadlineWriter refreshes the write deadline before every write to the
+// socket, including the ones bufio makes on its own when its buffer fills:
+// a deadline set only before Flush would have long expired on a connection
+// that was idle before a burst.
+type deadlineWriter struct {
+	nc      net.Conn
+	timeout time.Duration
+}
+
+func (w deadlineWriter) Write(b []byte) (int, error) {
+	_ = w.nc.SetWriteDeadline(time.Now().Add(w.timeout))
+	return w.nc.Write(b)
+}
+
 // writeLoop writes requests as they come and flushes whenever the queue runs
 // dry, which pipelines the commands of all clients that share c.
 func (c *Conn) writeLoop(nc net.Conn, first *Request, inflight chan<- *Request, broken <-chan struct{}) error {
-	bw := bufio.NewWriterSize(nc, writeBuf)
+	bw := bufio.NewWriterSize(deadlineWriter{nc: nc, timeout: c.pool.opts.Timeout}, writeBuf)
 	next := first
 	for {
 		if next == nil {
@@ -326,16 +430,9 @@ func (c *Conn) writeLoop(nc net.Conn, first *Request, inflight chan<- *Request, 
 			}
 		}
 		for next != nil {
-			select {
-			case inflight <- next:
-			case <-broken:
-				c.complete(next, nil, &Error{Kind: "lost", Err: errors.New("connection broke before the command was sent")})
-				return nil
-			}
-			c.armDeadline(next.Timeout)
-			_, err := bw.Write(next.Raw)
-			next.sent.Store(true)
-			if err != nil {
+			if next.cancelled() {
+				c.complete(next, nil, &Error{Kind: Closed, Err: ErrCancelled})
+			} else if err := c.writeOne(bw, next, inflight, broken); err != nil {
 				return err
 			}
 			select {
@@ -352,11 +449,40 @@ func (c *Conn) writeLoop(nc net.Conn, first *Request, inflight chan<- *Request, 
 				}
 			}
 		}
-		_ = nc.SetWriteDeadline(time.Now().Add(c.pool.opts.Timeout))
 		if err := bw.Flush(); err != nil {
 			return err
 		}
 	}
+}
+
+// writeOne puts r in the in-flight line (push connections complete it
+// instead: their replies are not matched to requests) and writes it.
+func (c *Conn) writeOne(bw *bufio.Writer, r *Request, inflight chan<- *Request, broken <-chan struct{}) error {
+	if c.push == nil {
+		select {
+		case inflight <- r:
+		case <-broken:
+			c.complete(r, nil, &Error{Kind: Lost, Err: errors.New("connection broke before the command was sent")})
+			return errors.New("connection broke")
+		}
+		c.armDeadline(r.Timeout)
+	}
+	_, err := bw.Write(r.Raw)
+	r.sent.Store(true)
+	if c.push != nil {
+		if err == nil {
+			err = bw.Flush()
+		}
+		c.complete(r, nil, asErr(err))
+	}
+	return err
+}
+
+func asErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &Error{Kind: Lost, Err: err}
 }
 
 // drainOnClose waits, after the pool began closing, until every written
@@ -367,7 +493,7 @@ func (c *Conn) drainOnClose() {
 		n := c.outstanding
 		nc := c.nc
 		c.mu.Unlock()
-		if n == 0 {
+		if n == 0 || c.push != nil {
 			nc.Close()
 			return
 		}
@@ -430,10 +556,11 @@ func (c *Conn) setReadDeadline(t time.Time) {
 	}
 }
 
-// readLoop reads replies and hands each to the oldest written request. It
-// returns the error that ended the connection, and the request whose reply
-// was cut off by it, if any: that one is failed by serve once the writer
-// has stopped, since the writer may still be writing it.
+// readLoop reads replies and hands each to the oldest written request (or,
+// on a push connection, to the handler). It returns the error that ended
+// the connection, and the request whose reply was cut off by it, if any:
+// that one is failed by serve once the writer has stopped, since the writer
+// may still be writing it.
 func (c *Conn) readLoop(nc net.Conn, inflight <-chan *Request) (head *Request, err error) {
 	buf := make([]byte, readBuf)
 	start, end := 0, 0
@@ -444,23 +571,28 @@ func (c *Conn) readLoop(nc net.Conn, inflight <-chan *Request) (head *Request, e
 	for {
 		n, serr := scan.Scan(buf[start:end])
 		if err = serr; err != nil {
-			return head, &Error{Kind: "protocol", Err: err}
+			return head, &Error{Kind: Protocol, Err: err}
 		}
 		if n > 0 {
-			if head == nil {
-				select {
-				case head = <-inflight:
-				default:
-					return nil, &Error{Kind: "protocol", Err: fmt.Errorf("reply with no request: %q", resp.Quote(buf[start:start+n], 64))}
+			switch {
+			case c.push != nil:
+				c.push.Push(buf[start:start+n], &batch)
+			default:
+				if head == nil {
+					select {
+					case head = <-inflight:
+					default:
+						return nil, &Error{Kind: Protocol, Err: fmt.Errorf("reply with no request: %q", resp.Quote(buf[start:start+n], 64))}
+					}
+					got = 0
 				}
-				got = 0
-			}
-			got++
-			if got == head.replies() {
-				head.awaitSent()
-				c.completeBatched(head, buf[start:start+n], &batch)
-				head = nil
-				c.replied()
+				got++
+				if got == head.replies() {
+					head.awaitSent()
+					c.completeBatched(head, buf[start:start+n], &batch)
+					head = nil
+					c.replied()
+				}
 			}
 			start += n
 			continue
@@ -488,7 +620,7 @@ func (c *Conn) readLoop(nc net.Conn, inflight <-chan *Request) (head *Request, e
 			var ne net.Error
 			switch {
 			case errors.As(err, &ne) && ne.Timeout():
-				return head, &Error{Kind: "timeout", Err: fmt.Errorf("no reply within %v", c.pool.opts.Timeout)}
+				return head, &Error{Kind: Timeout, Err: fmt.Errorf("no reply within %v", c.pool.opts.Timeout)}
 			case head == nil && len(inflight) == 0 && end == start:
 				return nil, fmt.Errorf("%w: %v", errIdleClosed, err)
 			}

@@ -74,22 +74,63 @@ func (u Upstream) String() string {
 	return scheme + "://" + u.Addr + "/" + strconv.Itoa(u.DB)
 }
 
-// dial connects, runs the TLS handshake, and logs in: AUTH when there is a
-// password and SELECT when the db is not 0, sent together in one round trip.
+// dial connects, runs the TLS handshake, and logs in (see loginCommands),
+// sending the login in one round trip. With wantID it also asks the
+// upstream for the connection's CLIENT ID and returns it (0 if refused).
 // Nothing else is sent, because every command is billed.
-func (u Upstream) dial(ctx context.Context, timeout time.Duration) (net.Conn, error) {
-	return u.connect(ctx, timeout, true)
+func (u Upstream) dial(ctx context.Context, timeout time.Duration, wantID bool, bill func(name string)) (net.Conn, int64, error) {
+	nc, err := u.connect(ctx, timeout)
+	if err != nil {
+		return nil, 0, err
+	}
+	login, names := u.loginCommands(wantID)
+	if len(names) == 0 {
+		return nc, 0, nil
+	}
+	deadline, _ := ctx.Deadline()
+	if d := time.Now().Add(timeout); deadline.IsZero() || d.Before(deadline) {
+		deadline = d
+	}
+	_ = nc.SetDeadline(deadline)
+	defer nc.SetDeadline(time.Time{})
+	if _, err := nc.Write(login); err != nil {
+		nc.Close()
+		return nil, 0, err
+	}
+	for _, name := range names {
+		bill(name)
+	}
+	replies, err := readLoginReplies(nc, len(names))
+	if err != nil {
+		nc.Close()
+		return nil, 0, err
+	}
+	var id int64
+	for i, name := range names {
+		r := replies[i]
+		switch {
+		case name == "client|id":
+			id, _ = resp.Int(r) // an upstream without CLIENT ID only loses CLIENT UNBLOCK
+		case resp.IsError(r):
+			nc.Close()
+			return nil, 0, &LoginError{Reply: string(bytes.TrimSpace(r[1:]))}
+		}
+	}
+	return nc, id, nil
 }
 
-// connect is dial, with the login optional: a readiness probe connects
-// without logging in, because AUTH would be billed.
-func (u Upstream) connect(ctx context.Context, timeout time.Duration, login bool) (net.Conn, error) {
+// connect opens the connection and runs the TLS handshake, without the
+// login: a readiness probe stops there, because AUTH would be billed.
+func (u Upstream) connect(ctx context.Context, timeout time.Duration) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, u.Network, u.Addr)
 	if err != nil {
 		return nil, err
+	}
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetKeepAlive(true)
 	}
 	if u.TLS != nil {
 		cfg := u.TLS
@@ -104,33 +145,16 @@ func (u Upstream) connect(ctx context.Context, timeout time.Duration, login bool
 		}
 		nc = tc
 	}
-	if !login {
-		return nc, nil
-	}
-	hello, replies := u.loginCommands()
-	if replies == 0 {
-		return nc, nil
-	}
-	deadline, _ := ctx.Deadline()
-	_ = nc.SetDeadline(deadline)
-	defer nc.SetDeadline(time.Time{})
-	if _, err := nc.Write(hello); err != nil {
-		nc.Close()
-		return nil, err
-	}
-	if err := readLoginReplies(nc, replies); err != nil {
-		nc.Close()
-		return nil, err
-	}
 	return nc, nil
 }
 
 // loginCommands returns what a new connection sends before any request:
 // HELLO 3 (with AUTH) for RESP3, else AUTH when there is a password; then
-// SELECT when the db is not 0. It also returns how many replies they get.
-func (u Upstream) loginCommands() ([]byte, int) {
+// SELECT when the db is not 0; then, with wantID, CLIENT ID. It also
+// returns the command names, one per reply, for the bill.
+func (u Upstream) loginCommands(wantID bool) ([]byte, []string) {
 	var b []byte
-	replies := 0
+	var names []string
 	switch {
 	case u.Proto == 3:
 		args := [][]byte{[]byte("HELLO"), []byte("3")}
@@ -142,19 +166,23 @@ func (u Upstream) loginCommands() ([]byte, int) {
 			args = append(args, []byte("AUTH"), []byte(user), []byte(u.Password))
 		}
 		b = resp.AppendCommand(b, args...)
-		replies++
+		names = append(names, "hello")
 	case u.Password != "" && u.Username != "":
 		b = resp.AppendCommand(b, []byte("AUTH"), []byte(u.Username), []byte(u.Password))
-		replies++
+		names = append(names, "auth")
 	case u.Password != "":
 		b = resp.AppendCommand(b, []byte("AUTH"), []byte(u.Password))
-		replies++
+		names = append(names, "auth")
 	}
 	if u.DB != 0 {
 		b = resp.AppendCommand(b, []byte("SELECT"), []byte(strconv.Itoa(u.DB)))
-		replies++
+		names = append(names, "select")
 	}
-	return b, replies
+	if wantID {
+		b = resp.AppendCommand(b, []byte("CLIENT"), []byte("ID"))
+		names = append(names, "client|id")
+	}
+	return b, names
 }
 
 // LoginError is the upstream's error reply to a new connection's login
@@ -173,23 +201,21 @@ func (e *LoginError) RefusesRESP3() bool {
 	return strings.HasPrefix(e.Reply, "NOPROTO") || strings.HasPrefix(e.Reply, "ERR unknown command")
 }
 
-// readLoginReplies reads exactly n replies and fails on an error reply.
-// Nothing else is sent until the login is answered, so no byte past the
-// last reply can arrive and nothing read here belongs to a later request.
-func readLoginReplies(nc net.Conn, n int) error {
+// readLoginReplies reads exactly n replies. Nothing else is sent until the
+// login is answered, so no byte past the last reply can arrive and nothing
+// read here belongs to a later request.
+func readLoginReplies(nc net.Conn, n int) ([][]byte, error) {
 	buf := make([]byte, 0, 512)
 	var scan resp.ReplyScanner
-	for n > 0 {
+	var replies [][]byte
+	for len(replies) < n {
 		m, err := scan.Scan(buf)
 		switch {
 		case err != nil:
-			return err
+			return nil, err
 		case m > 0:
-			if buf[0] == '-' || buf[0] == '!' {
-				return &LoginError{Reply: string(bytes.TrimSpace(buf[1:m]))}
-			}
+			replies = append(replies, buf[:m:m])
 			buf = buf[m:]
-			n--
 			continue
 		}
 		if len(buf) == cap(buf) {
@@ -198,11 +224,11 @@ func readLoginReplies(nc net.Conn, n int) error {
 		k, err := nc.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+k]
 		if err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if len(buf) > 0 {
-		return fmt.Errorf("login: unexpected bytes after the replies: %s", resp.Quote(buf, 64))
+		return nil, fmt.Errorf("login: unexpected bytes after the replies: %s", resp.Quote(buf, 64))
 	}
-	return nil
+	return replies, nil
 }

@@ -87,8 +87,7 @@ func (l *Lane) Borrow(ctx context.Context) (*Conn, error) {
 // newConnLocked starts a new exclusive connection slot; mu must be held.
 func (l *Lane) newConnLocked() *Conn {
 	l.open++
-	c := newConn(l.pool, "exclusive", 64)
-	c.stop = make(chan struct{})
+	c := newConn(l.pool, ExclusiveLane, 64)
 	l.all[c] = true
 	l.pool.wg.Add(1)
 	go c.run()
@@ -116,7 +115,7 @@ func (l *Lane) Return(c *Conn) {
 // while blocked or watching); any request on it fails. Its place in the
 // lane goes to the first waiter as a new connection.
 func (l *Lane) Discard(c *Conn) {
-	close(c.stop)
+	c.Close()
 	l.mu.Lock()
 	l.open--
 	delete(l.all, c)
@@ -149,7 +148,7 @@ func (l *Lane) janitor() {
 		keep := l.idle[:0]
 		for _, ic := range l.idle {
 			if ic.since.Before(cutoff) {
-				close(ic.c.stop)
+				ic.c.Close()
 				l.open--
 				delete(l.all, ic.c)
 			} else {

@@ -85,7 +85,7 @@ func New(upstream Upstream, opts Options) *Pool {
 	}
 	p.lane = newLane(p, opts.MaxExclusive, opts.ExclusiveIdle)
 	for range opts.Size {
-		c := newConn(p, "shared", opts.QueueLen)
+		c := newConn(p, SharedLane, opts.QueueLen)
 		p.conns = append(p.conns, c)
 		p.wg.Add(1)
 		go c.run()
@@ -93,16 +93,41 @@ func New(upstream Upstream, opts Options) *Pool {
 	return p
 }
 
-// Dial opens a connection of its own to the upstream, logged in, for a
-// caller that manages it (the pub/sub hub).
-func (p *Pool) Dial(ctx context.Context) (net.Conn, error) {
-	nc, err := p.upstream.dial(ctx, p.opts.DialTimeout)
+// dial opens and logs in a connection for one of the pool's slots, and
+// counts the attempt and the login commands (they are billed).
+func (p *Pool) dial(ctx context.Context, wantID bool) (net.Conn, int64, error) {
+	nc, id, err := p.upstream.dial(ctx, p.opts.DialTimeout, wantID, func(name string) {
+		p.metrics.Command(name).Upstream(1)
+	})
 	if err != nil {
 		p.metrics.UpstreamDials.WithLabelValues("error").Inc()
-		return nil, &Error{Kind: "unavailable", Err: err}
+		return nil, 0, &Error{Kind: Unavailable, Err: err}
 	}
 	p.metrics.UpstreamDials.WithLabelValues("ok").Inc()
-	return nc, nil
+	return nc, id, nil
+}
+
+// NewPushConn returns a connection whose replies all go to h instead of
+// being matched to requests, for a subscriber (the pub/sub hub). It dials
+// when the first request comes, like any slot, and redials on the next
+// request after it breaks; h.Down tells when that happened. A request on it
+// completes once written. It ends with the pool, or with Close.
+func (p *Pool) NewPushConn(h PushHandler) *Conn {
+	c := newConn(p, PubSubLane, 4096)
+	c.push = h
+	p.wg.Add(1)
+	go c.run()
+	return c
+}
+
+// NewAdminConn returns a connection of its own for one command that must
+// not wait behind others (SCRIPT KILL while a script runs). The caller
+// submits to it and closes it when done.
+func (p *Pool) NewAdminConn() *Conn {
+	c := newConn(p, AdminLane, 4)
+	p.wg.Add(1)
+	go c.run()
+	return c
 }
 
 // Timeout returns the reply timeout.
@@ -168,10 +193,23 @@ func (p *Pool) Submit(ctx context.Context, c *Conn, r *Request) {
 	p.submitMu.RLock()
 	defer p.submitMu.RUnlock()
 	if p.closed {
-		r.Done.Complete(nil, &Error{Kind: "closed", Err: ErrClosed})
+		r.Done.Complete(nil, &Error{Kind: Closed, Err: ErrClosed})
 		return
 	}
 	c.Submit(ctx, r)
+}
+
+// TrySubmit queues r on c if that needs no wait, and reports whether it
+// did. When the pool is closed, r is failed at once and TrySubmit reports
+// true.
+func (p *Pool) TrySubmit(c *Conn, r *Request) bool {
+	p.submitMu.RLock()
+	defer p.submitMu.RUnlock()
+	if p.closed {
+		r.Done.Complete(nil, &Error{Kind: Closed, Err: ErrClosed})
+		return true
+	}
+	return c.TrySubmit(r)
 }
 
 // Ready reports whether the upstream can be reached: a connection is up, or
@@ -182,9 +220,9 @@ func (p *Pool) Ready(ctx context.Context) error {
 			return nil
 		}
 	}
-	nc, err := p.upstream.connect(ctx, p.opts.DialTimeout, false)
+	nc, err := p.upstream.connect(ctx, p.opts.DialTimeout)
 	if err != nil {
-		return &Error{Kind: "unavailable", Err: err}
+		return &Error{Kind: Unavailable, Err: err}
 	}
 	return nc.Close()
 }
@@ -211,7 +249,7 @@ func (p *Pool) Close(ctx context.Context) {
 		// No Submit can queue after closed was set; fail what slipped in
 		// before the slots stopped.
 		for _, c := range append(p.conns, p.lane.conns()...) {
-			c.failQueued(&Error{Kind: "closed", Err: ErrClosed})
+			c.failQueued(&Error{Kind: Closed, Err: ErrClosed})
 		}
 	})
 }

@@ -125,7 +125,7 @@ func TestWrongPasswordIsUnavailable(t *testing.T) {
 	p := newPool(t, "redis://:bad@"+rs.Addr, Options{Size: 1})
 	_, err := do(t, p, "*1\r\n$4\r\nPING\r\n")
 	var pe *Error
-	if !errors.As(err, &pe) || pe.Kind != "unavailable" || !strings.Contains(err.Error(), "WRONGPASS") {
+	if !errors.As(err, &pe) || pe.Kind != Unavailable || !strings.Contains(err.Error(), "WRONGPASS") {
 		t.Fatalf("got %v", err)
 	}
 }

@@ -11,25 +11,60 @@ import (
 // ErrClosed is returned for requests made after the pool was closed.
 var ErrClosed = errors.New("pool: closed")
 
+// ErrCancelled is returned for a request whose caller gave it up before it
+// was written (a departed client's read or blocking command).
+var ErrCancelled = errors.New("pool: cancelled before it was sent")
+
+// ErrorKind says what went wrong with a request, for the client's error text
+// and for the errors metric.
+type ErrorKind uint8
+
+// Error kinds.
+const (
+	Unavailable ErrorKind = iota // the upstream could not be dialed or logged in to
+	Lost                         // the connection broke with the request on it
+	Timeout                      // no reply within the reply timeout
+	Protocol                     // the upstream sent something that is not RESP
+	Closed                       // funnel is shutting down, or the caller cancelled
+)
+
+// String is the kind's metric label.
+func (k ErrorKind) String() string {
+	switch k {
+	case Unavailable:
+		return "upstream_unavailable"
+	case Lost:
+		return "upstream_lost"
+	case Timeout:
+		return "upstream_timeout"
+	case Protocol:
+		return "upstream_protocol"
+	default:
+		return "upstream_closed"
+	}
+}
+
 // Error is a failure funnel reports to a client in place of a reply. Its
-// text starts with "funnel:" and says what happened; Kind names it for
-// metrics.
+// text starts with "funnel:" and says what happened.
 type Error struct {
-	Kind string // "unavailable", "lost", "timeout", "protocol", "closed"
+	Kind ErrorKind
 	Err  error
 }
 
 func (e *Error) Error() string {
 	switch e.Kind {
-	case "unavailable":
+	case Unavailable:
 		return fmt.Sprintf("funnel: upstream unavailable (%v)", e.Err)
-	case "lost":
+	case Lost:
 		return fmt.Sprintf("funnel: upstream connection lost (%v); the command may or may not have run", e.Err)
-	case "timeout":
+	case Timeout:
 		return fmt.Sprintf("funnel: upstream timeout (%v); the command may or may not have run", e.Err)
-	case "protocol":
+	case Protocol:
 		return fmt.Sprintf("funnel: upstream protocol error (%v)", e.Err)
 	default:
+		if errors.Is(e.Err, ErrCancelled) {
+			return "funnel: command cancelled: its client went away before it was sent"
+		}
 		return fmt.Sprintf("funnel: proxy shutting down (%v)", e.Err)
 	}
 }
@@ -41,6 +76,13 @@ func (e *Error) Unwrap() error { return e.Err }
 // keep. Complete must not block.
 type Completer interface {
 	Complete(reply []byte, err error)
+}
+
+// Canceller is a Completer that may give its request up: the writer asks
+// just before writing it, and a cancelled request is completed with
+// ErrCancelled instead of being sent.
+type Canceller interface {
+	Cancelled() bool
 }
 
 // Flusher sends on what completions left buffered.
@@ -85,7 +127,9 @@ type Request struct {
 	// Raw holds one or more RESP commands, written as they are.
 	Raw []byte
 	// Replies is how many replies Raw produces (0 means 1). Only the last
-	// reply is delivered; a MULTI ... EXEC batch wants EXEC's.
+	// reply is delivered; a MULTI ... EXEC batch wants EXEC's. On a push
+	// connection (see NewPushConn) replies are not matched to requests and
+	// a request completes, with no reply, once written.
 	Replies int
 	// Timeout, when longer than the pool's reply timeout, is how long this
 	// request's reply may take (a blocking command's own timeout plus a
@@ -109,6 +153,11 @@ func (r *Request) replies() int {
 		return 1
 	}
 	return r.Replies
+}
+
+func (r *Request) cancelled() bool {
+	c, ok := r.Done.(Canceller)
+	return ok && c.Cancelled()
 }
 
 // awaitSent returns once the writer is done with r.Raw. By the time r's

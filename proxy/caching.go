@@ -8,10 +8,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/funnel-proxy/funnel/cache"
 	"github.com/funnel-proxy/funnel/command"
+	"github.com/funnel-proxy/funnel/glob"
 	"github.com/funnel-proxy/funnel/pool"
 	"github.com/funnel-proxy/funnel/resp"
-	"github.com/tidwall/match"
 )
 
 // CacheRule caches reads of keys matching Pattern (a Redis glob) for TTL.
@@ -40,7 +41,7 @@ func (srv *Server) ruleTTL(keys []string) time.Duration {
 	for _, k := range keys {
 		best := time.Duration(0)
 		for _, r := range srv.opts.CacheRules {
-			if match.Match(k, r.Pattern) && (best == 0 || r.TTL < best) {
+			if glob.Match(r.Pattern, k) && (best == 0 || r.TTL < best) {
 				best = r.TTL
 			}
 		}
@@ -54,8 +55,14 @@ func (srv *Server) ruleTTL(keys []string) time.Duration {
 	return ttl
 }
 
-// scripts are the commands that run Lua or functions.
-var scripts = map[string]bool{"eval": true, "evalsha": true, "fcall": true, "eval_ro": true, "evalsha_ro": true, "fcall_ro": true}
+// isScript reports whether a command runs Lua or a function.
+func isScript(name string) bool {
+	switch name {
+	case "eval", "evalsha", "fcall", "eval_ro", "evalsha_ro", "fcall_ro":
+		return true
+	}
+	return false
+}
 
 // scriptSHA returns the script a call runs: EVAL's body hashed, so EVAL and
 // EVALSHA of one script share cache entries.
@@ -70,10 +77,10 @@ func scriptSHA(name string, args [][]byte) string {
 // readOnlyCall reports whether a command only reads, so that it may be
 // coalesced or cached, and it is deterministic with known keys.
 func (srv *Server) readOnlyCall(info *command.Info, args [][]byte) bool {
-	if scripts[info.Name] && len(args) > 1 {
+	if isScript(info.Name) {
 		return info.Has(command.ReadOnly) || srv.readOnlyScripts[scriptSHA(info.Name, args)]
 	}
-	return info.Has(command.ReadOnly) && !info.Has(command.Nondeterministic) && !isBlocking(info, args)
+	return info.Has(command.ReadOnly) && !info.Has(command.Nondeterministic) && !blocks(specOf(info.Name), args)
 }
 
 // keyStrings returns the keys args name, and whether the table could find
@@ -91,12 +98,13 @@ func keyStrings(info *command.Info, args [][]byte) ([]string, bool) {
 // readKey names a read for the cache: the command and its arguments, with
 // a script's body replaced by its SHA1. A RESP3 client's reads are kept
 // apart (their replies have other types), under a key that starts with "3".
+// Two reads share a key only if their parsed commands are identical.
 func readKey(info *command.Info, args [][]byte, resp3 bool) string {
 	prefix := ""
 	if resp3 {
 		prefix = "3"
 	}
-	if scripts[info.Name] {
+	if isScript(info.Name) {
 		norm := append([][]byte{[]byte(prefix + strings.TrimSuffix(strings.TrimSuffix(info.Name, "_ro"), "sha")), []byte(scriptSHA(info.Name, args))}, args[2:]...)
 		return string(resp.AppendCommand(nil, norm...))
 	}
@@ -122,8 +130,9 @@ func readKey(info *command.Info, args [][]byte, resp3 bool) string {
 // tryCache answers a read from the cache, or joins an identical read in
 // flight, or leads a new one. It reports false when the read is not one
 // the cache handles; the caller then forwards it as usual.
-func (s *session) tryCache(r *request, info *command.Info, args [][]byte) bool {
+func (s *session) tryCache(r *request) bool {
 	c := s.srv.cache
+	info, args := r.info, r.args
 	if c == nil || info == nil || s.lease != nil || s.stickyLease != nil || !s.srv.readOnlyCall(info, args) {
 		return false
 	}
@@ -138,13 +147,13 @@ func (s *session) tryCache(r *request, info *command.Info, args [][]byte) bool {
 	hit, joined, lead := c.Lookup(s.db, readKey(info, args, s.resp3()), keys, ttl, time.Now(), (*cacheReader)(r))
 	switch {
 	case hit != nil:
-		r.route = "cache"
-		r.Complete(hit, nil)
+		r.route = routeCacheHit
+		r.completeLocal(hit)
 	case joined:
 		// r completes with the leader's reply.
 	default:
 		r.flight = lead
-		s.pool.Submit(s.ctx(), s.sticky, &r.Request)
+		s.submit(s.sticky, r)
 	}
 	return true
 }
@@ -164,7 +173,7 @@ func (cr *cacheReader) CanJoin(owner any) bool {
 	if conn == nil || (s.upInFlight.Load() > 0 && conn != s.sticky) {
 		return false
 	}
-	r.route, r.upstream = "joined", true
+	r.route, r.upstream = routeJoined, true
 	s.srv.metrics.InFlight.Inc()
 	if s.upInFlight.Add(1) == 1 {
 		s.sticky, s.stickyLease = conn, nil
@@ -175,45 +184,133 @@ func (cr *cacheReader) CanJoin(owner any) bool {
 // Lead counts the request as going upstream and picks its connection.
 func (cr *cacheReader) Lead() any {
 	r := (*request)(cr)
-	r.s.countUpstream(r)
-	return r.s.nextConn(r)
+	c := r.s.nextConn(r)
+	r.s.countUpstream(r, 1)
+	return c
 }
 
-// invalidate tells the cache about a command that may write, before it is
-// sent: its keys, or its whole db when the keys are unknown.
-func (s *session) invalidate(info *command.Info, args [][]byte) {
+// beginWrite tells the cache about a command that may write, before it is
+// sent: its keys, or its whole db when the keys are unknown, stay pending
+// until its reply is in (see request.finish), with the expiry the command
+// gives them.
+func (s *session) beginWrite(r *request, info *command.Info, args [][]byte) {
 	c := s.srv.cache
 	if c == nil {
 		return
 	}
 	if info == nil {
-		c.InvalidateDB(s.db) // an unknown command may write anything
+		r.writes = append(r.writes, c.BeginWriteDB(s.db)) // an unknown command may write anything
 		return
 	}
 	switch {
-	case scripts[info.Name]:
+	case isScript(info.Name):
 		if s.srv.readOnlyCall(info, args) {
 			return
 		}
 	case !info.Has(command.Write) && !info.Has(command.MayReplicate):
 		return
 	}
-	switch info.Name {
-	case "flushall", "swapdb", "move", "copy":
-		c.InvalidateDB(-1)
+	switch {
+	case info.Name == "flushall" || info.Name == "swapdb" || info.Name == "move" || info.Name == "copy" && hasOption(args, "db"):
+		// These reach into other dbs.
+		r.writes = append(r.writes, c.BeginWriteDB(-1))
 		return
 	}
 	pos, complete := info.KeyPositions(s.keyPos[:0], args)
 	s.keyPos = pos
-	if !complete || (len(pos) == 0 && !scripts[info.Name]) {
-		c.InvalidateDB(s.db)
+	if !complete || (len(pos) == 0 && !isScript(info.Name)) {
+		r.writes = append(r.writes, c.BeginWriteDB(s.db))
 		return
 	}
 	s.keyArgs = s.keyArgs[:0]
 	for _, p := range pos {
 		s.keyArgs = append(s.keyArgs, args[p])
 	}
-	c.Invalidate(s.db, s.keyArgs)
+	expires := writeExpiry(info.Name, args, time.Now())
+	if (info.Name == "rename" || info.Name == "renamenx" || info.Name == "copy") && len(args) > 1 {
+		expires = c.KnownExpiry(s.db, args[1]) // the destination takes the source's expiry
+	}
+	w := c.BeginWrite(s.db, s.keyArgs, expires, r.stripes)
+	if len(r.writes) == 0 {
+		r.stripes = w.Stripes()
+	}
+	r.writes = append(r.writes, w)
+}
+
+// writeExpiry returns the soonest expiry a write gives its keys, or the
+// zero time: SET's EX, PX, EXAT and PXAT, SETEX, PSETEX, GETEX, the EXPIRE
+// family, and RESTORE's TTL. A relative expiry counts from now, before the
+// command is sent, so it is never later than the one Redis sets. Absolute
+// times are the upstream's clock, taken to agree with funnel's.
+func writeExpiry(name string, args [][]byte, now time.Time) time.Time {
+	num := func(i int) (int64, bool) {
+		if i >= len(args) {
+			return 0, false
+		}
+		n, err := strconv.ParseInt(string(args[i]), 10, 64)
+		return n, err == nil
+	}
+	rel := func(n int64, unit time.Duration) time.Time { return now.Add(time.Duration(n) * unit) }
+	option := func(from int) time.Time {
+		for i := from; i+1 < len(args); i++ {
+			n, ok := num(i + 1)
+			if !ok {
+				continue
+			}
+			switch strings.ToLower(string(args[i])) {
+			case "ex":
+				return rel(n, time.Second)
+			case "px":
+				return rel(n, time.Millisecond)
+			case "exat":
+				return time.Unix(n, 0)
+			case "pxat":
+				return time.UnixMilli(n)
+			}
+		}
+		return time.Time{}
+	}
+	n, ok := num(2)
+	switch name {
+	case "set":
+		return option(3)
+	case "getex":
+		return option(2)
+	case "setex", "expire":
+		if ok {
+			return rel(n, time.Second)
+		}
+	case "psetex", "pexpire":
+		if ok {
+			return rel(n, time.Millisecond)
+		}
+	case "expireat":
+		if ok {
+			return time.Unix(n, 0)
+		}
+	case "pexpireat":
+		if ok {
+			return time.UnixMilli(n)
+		}
+	case "restore":
+		if ok && n > 0 {
+			if hasOption(args[min(4, len(args)):], "absttl") {
+				return time.UnixMilli(n)
+			}
+			return rel(n, time.Millisecond)
+		}
+	}
+	return time.Time{}
+}
+
+// hasOption reports whether args has the option word, in any case.
+func hasOption(args [][]byte, word string) bool {
+	for _, a := range args {
+		if equalFold(a, word) {
+			return true
+		}
+	}
+	return false
 }
 
 // cacheInfo renders the cache counters for INFO's Funnel section.
@@ -236,3 +333,5 @@ func (srv *Server) cacheInfo(b []byte) []byte {
 	}
 	return b
 }
+
+var _ cache.Reader = (*cacheReader)(nil)

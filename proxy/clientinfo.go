@@ -45,23 +45,14 @@ func (c *clientInfo) init(conn net.Conn, id int64) {
 }
 
 // setLastCommand records the command being run, for the cmd= and idle=
-// fields. A known command's name is stored by pointer into the command
-// table, which costs no allocation per command.
-func (c *clientInfo) setLastCommand(info *command.Info, name string) {
+// fields. The name is stored by pointer into the command table, which costs
+// no allocation per command; an unknown command leaves the last one shown,
+// so nothing a client sends is kept.
+func (c *clientInfo) setLastCommand(info *command.Info) {
 	if info != nil {
 		c.lastCmd.Store(&info.Name)
-	} else {
-		c.setUnknownCommand(name)
 	}
 	c.lastActive.Store(time.Now().UnixNano())
-}
-
-// setUnknownCommand is apart from setLastCommand so that only this rare
-// path moves the name to the heap.
-//
-//go:noinline
-func (c *clientInfo) setUnknownCommand(name string) {
-	c.lastCmd.Store(&name)
 }
 
 func (c *clientInfo) setName(name string) {

@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/funnel-proxy/funnel/command"
 	"github.com/funnel-proxy/funnel/pool"
 	"github.com/funnel-proxy/funnel/resp"
 )
@@ -41,40 +40,35 @@ func (l *lease) discard() {
 // longest its reply may take before funnel gives up on the connection.
 const blockMargin = 5 * time.Second
 
-// blockTimeout is where and how a blocking command states its timeout.
+// blockTimeout is a blocking command's timeout, read from its arguments.
 type blockTimeout struct {
 	d       time.Duration
 	forever bool // 0: block until served
-	ok      bool // false: unreadable; the upstream answers with its own error
+	ok      bool // false: funnel cannot read it; it may block for ever, or Redis rejects it at once
 	index   int  // the argument holding it
 	ms      bool // given in milliseconds rather than seconds
 }
 
-// blockingTimeout reads a blocking command's timeout from its arguments.
-func blockingTimeout(name string, args [][]byte) blockTimeout {
-	bt := blockTimeout{index: -1}
-	switch name {
-	case "blpop", "brpop", "brpoplpush", "blmove", "bzpopmin", "bzpopmax":
+// blockingTimeout reads a blocking command's timeout where its row in the
+// table says it is. The index is checked, though the arity check already
+// guarantees it, so no input can make it panic.
+func blockingTimeout(t timeoutArg, args [][]byte) blockTimeout {
+	bt := blockTimeout{index: -1, ms: t.ms}
+	switch t.kind {
+	case timeoutLast:
 		bt.index = len(args) - 1
-	case "blmpop", "bzmpop":
-		bt.index = 1
-	case "wait":
-		bt.index, bt.ms = 2, true
-	case "waitaof":
-		bt.index, bt.ms = 3, true
-	case "xread", "xreadgroup":
-		for i := 1; i+1 < len(args); i++ {
-			if strings.EqualFold(string(args[i]), "block") {
-				bt.index, bt.ms = i+1, true
-				break
-			}
+	case timeoutAt:
+		bt.index = t.index
+	case timeoutAfterBlock:
+		if i, ok := blockIndex(args); ok {
+			bt.index = i
 		}
 	}
-	if bt.index < 0 {
+	if bt.index < 1 || bt.index >= len(args) {
 		return bt
 	}
 	f, err := strconv.ParseFloat(string(args[bt.index]), 64)
-	if err != nil || f < 0 || math.IsNaN(f) || math.IsInf(f, 0) {
+	if err != nil || f < 0 || math.IsNaN(f) || math.IsInf(f, 0) || f > float64(math.MaxInt64/int64(time.Second)) {
 		return bt
 	}
 	bt.ok = true
@@ -102,18 +96,134 @@ func (bt blockTimeout) withTimeout(args [][]byte, d time.Duration) []byte {
 	return resp.AppendCommand(nil, out...)
 }
 
-// waitIdle waits until nothing of this client is in flight, so a command
-// sent on another connection cannot overtake the client's earlier ones.
-// It reports false if the session died meanwhile.
-func (s *session) waitIdle() bool {
-	for s.upInFlight.Load() > 0 {
-		select {
-		case <-s.idle:
-		case <-s.dead:
-			return false
-		}
+// unblockMode is how CLIENT UNBLOCK ends a blocked command.
+type unblockMode uint8
+
+const (
+	unblockTimeout unblockMode = iota + 1 // as if its timeout passed
+	unblockError                          // with -UNBLOCKED
+)
+
+// errUnblocked is the cause of a lane wait that CLIENT UNBLOCK ended.
+type errUnblocked struct{ mode unblockMode }
+
+func (e errUnblocked) Error() string { return "unblocked via CLIENT UNBLOCK" }
+
+// blockingWait is a client's blocking command, from when it starts waiting
+// for a lane connection until it completes, for CLIENT UNBLOCK.
+type blockingWait struct {
+	cancel context.CancelCauseFunc // ends the lane wait
+	lease  *lease                  // set once the command is sent: it blocks upstream there
+}
+
+// forwardBlocking runs a blocking command on an exclusive connection, so it
+// never stalls a shared one. The wait for a connection happens on the
+// resumer, so a client that leaves meanwhile is noticed and its command
+// cancelled before it is sent: it never pops an element for nobody. If no
+// connection frees up before the command's own timeout, the client gets
+// what Redis gives on timeout; a longer wait ends after
+// Options.ExclusiveWait with a funnel: error.
+func (s *session) forwardBlocking(r *request) {
+	bt := blockingTimeout(r.spec.timeout, r.args)
+	r.cancellable = true
+	switch {
+	case !bt.ok || bt.forever:
+		r.Timeout = pool.NoTimeout
+	default:
+		r.Timeout = bt.d + blockMargin
 	}
-	return true
+	if s.lease != nil { // inside a WATCH span: its connection is ours already
+		s.beginWrite(r, r.info, r.args)
+		s.send(r)
+		return
+	}
+	r.blocked = true
+	s.srv.blockedClients.Add(1)
+	ctx, cancel := context.WithCancelCause(s.ctx())
+	bw := &blockingWait{cancel: cancel}
+	s.mu.Lock()
+	s.blocking = bw
+	s.mu.Unlock()
+	s.offload(func() {
+		defer cancel(nil)
+		s.borrowAndSend(ctx, r, bt, bw)
+	})
+}
+
+// borrowAndSend waits for the client's earlier commands, then for a lane
+// connection, and sends r there.
+func (s *session) borrowAndSend(ctx context.Context, r *request, bt blockTimeout, bw *blockingWait) {
+	if !s.awaitProgress(func() bool { return s.upInFlight.Load() == 0 || ctx.Err() != nil }, ctx.Done()) {
+		s.endBlocking(bw)
+		r.Complete(nil, errSessionClosed)
+		return
+	}
+	limit := s.srv.opts.ExclusiveWait
+	finite := bt.ok && !bt.forever
+	wait := limit
+	if finite && bt.d < limit {
+		wait = bt.d
+	}
+	start := time.Now()
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	l, err := s.borrow(wctx)
+	cancel()
+	var unblocked errUnblocked
+	switch {
+	case errors.As(context.Cause(ctx), &unblocked):
+		if l != nil {
+			l.release()
+		}
+		s.endBlocking(bw)
+		if unblocked.mode == unblockError {
+			r.completeLocal(resp.AppendError(nil, "UNBLOCKED client unblocked via CLIENT UNBLOCK"))
+			return
+		}
+		s.lastChance(r)
+	case s.isDead():
+		if l != nil {
+			l.release()
+		}
+		s.endBlocking(bw)
+		r.Complete(nil, errSessionClosed)
+	case err != nil && errors.Is(err, pool.ErrLaneFull) && finite && bt.d <= limit:
+		s.endBlocking(bw)
+		s.lastChance(r)
+	case err != nil:
+		s.endBlocking(bw)
+		r.Complete(nil, laneError(err, limit))
+	default:
+		// Time spent waiting for the connection counts against the
+		// command's timeout, as it would have in Redis.
+		if waited := time.Since(start); finite && waited > time.Millisecond {
+			left := bt.d - waited
+			if left < time.Millisecond {
+				l.release()
+				s.endBlocking(bw)
+				s.lastChance(r)
+				return
+			}
+			r.rawBuf = bt.withTimeout(r.args, left)
+			r.Raw = r.rawBuf
+			r.Timeout = left + blockMargin
+		}
+		s.mu.Lock()
+		bw.lease = l
+		s.mu.Unlock()
+		r.wait = bw
+		s.lease = l
+		s.beginWrite(r, r.info, r.args)
+		s.forwardEnding(r, nil)
+	}
+}
+
+// endBlocking forgets bw as the client's blocking command.
+func (s *session) endBlocking(bw *blockingWait) {
+	s.mu.Lock()
+	if s.blocking == bw {
+		s.blocking = nil
+	}
+	s.mu.Unlock()
 }
 
 // borrow leases an exclusive connection, waiting until ctx ends.
@@ -126,56 +236,6 @@ func (s *session) borrow(ctx context.Context) (*lease, error) {
 	return &lease{conn: c, lane: lane}, nil
 }
 
-// forwardBlocking runs a blocking command on an exclusive connection, so it
-// never stalls a shared one. If no connection frees up before the command's
-// own timeout, the client gets the reply Redis gives on timeout.
-func (s *session) forwardBlocking(r *request, info *command.Info, args [][]byte) {
-	bt := blockingTimeout(info.Name, args)
-	switch {
-	case !bt.ok:
-		r.Timeout = 0 // the upstream rejects the timeout at once
-	case bt.forever:
-		r.Timeout = pool.NoTimeout
-	default:
-		r.Timeout = bt.d + blockMargin
-	}
-	if s.lease != nil { // inside a WATCH span: its connection is ours already
-		s.forward(r)
-		return
-	}
-	if !s.waitIdle() {
-		r.Complete(nil, errSessionClosed)
-		return
-	}
-	start := time.Now()
-	ctx, cancel := s.deadlineCtx(bt.d, bt.forever || !bt.ok)
-	defer cancel()
-	l, err := s.borrow(ctx)
-	if err != nil {
-		if errors.Is(err, pool.ErrLaneFull) && bt.ok && !bt.forever {
-			s.lastChance(r)
-			return
-		}
-		r.Complete(nil, laneError(err))
-		return
-	}
-	// Time spent waiting for the connection counts against the command's
-	// timeout, as it would have in Redis.
-	if waited := time.Since(start); bt.ok && !bt.forever && waited > time.Millisecond {
-		left := bt.d - waited
-		if left < time.Millisecond {
-			l.release()
-			s.lastChance(r)
-			return
-		}
-		r.rawBuf = bt.withTimeout(args, left)
-		r.Raw = r.rawBuf
-		r.Timeout = left + blockMargin
-	}
-	s.lease = l
-	s.forwardEnding(r, nil)
-}
-
 // lastChance answers a blocking command whose timeout passed while it waited
 // for an exclusive connection. Inside MULTI ... EXEC Redis runs a blocking
 // command without blocking, so that batch, on a shared connection, gives
@@ -186,17 +246,10 @@ func (s *session) lastChance(r *request) {
 	r.Raw = r.rawBuf
 	r.Replies = 3
 	r.Timeout = 0
-	r.unwrapExec = true
-	s.forward(r)
-}
-
-// deadlineCtx returns a context that ends when the session dies or, unless
-// forever, after d.
-func (s *session) deadlineCtx(d time.Duration, forever bool) (context.Context, context.CancelFunc) {
-	if forever {
-		return s.ctx(), func() {}
-	}
-	return context.WithTimeout(s.ctx(), d)
+	r.adjust = adjustUnwrap
+	// r.args still point into the old bytes, which they keep alive.
+	s.beginWrite(r, r.info, r.args)
+	s.send(r)
 }
 
 // forwardEnding sends r on the lease as the client's last command of it;
@@ -205,10 +258,12 @@ func (s *session) deadlineCtx(d time.Duration, forever bool) (context.Context, c
 // UNWATCH sent for it).
 func (s *session) forwardEnding(r *request, reply []byte) {
 	l := s.lease
-	r.override = reply
+	if reply != nil {
+		r.override, r.adjust = reply, adjustOverride
+	}
 	// Count r in flight before marking the lease ending, so a completion
 	// racing with this cannot release the connection under r.
-	s.countUpstream(r)
+	s.countUpstream(r, 1)
 	s.upInFlight.Add(1)
 	l.ending.Store(true)
 	s.lease = nil
@@ -229,8 +284,7 @@ func (s *session) endExclusive() {
 	}
 }
 
-var errSessionClosed = errors.New("funnel: client connection closed")
-
-func laneError(err error) error {
-	return errors.New("funnel: " + strings.TrimPrefix(err.Error(), "pool: ") + "; raise --max-exclusive or retry")
+func laneError(err error, wait time.Duration) error {
+	msg := strings.TrimPrefix(err.Error(), "pool: ")
+	return errors.New("funnel: " + msg + " within " + wait.String() + " (--exclusive-wait); raise --max-exclusive or retry")
 }

@@ -4,43 +4,63 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/funnel-proxy/funnel/pool"
-	"github.com/tidwall/redcon"
+	"github.com/funnel-proxy/funnel/resp"
 )
 
-// output sends a session's replies in the order of its requests. It has no
-// goroutine of its own in the common case: whoever completes a request (an
-// upstream connection's reader, the session's reader for a local reply, the
-// pub/sub hub) takes the lock if it is free, moves every reply that is ready,
-// in order, into the buffer and writes the buffer to the client without
-// waiting. Handing each reply to another goroutine would cost a wake-up per
-// request, which is most of a proxy's CPU time. Only when the client's
-// socket would block does the session's writer goroutine take over: it
-// waits for the client, and the others stop writing until it has caught up.
+// output sends a session's replies in the order of its requests, whatever
+// order they are answered in. It has no goroutine of its own in the common
+// case: whoever completes a request (an upstream connection's reader, the
+// session's dispatcher for a local reply, the pub/sub hub) moves every reply
+// that is ready, in order, into the buffer and writes the buffer to the
+// client without waiting. Handing each reply to another goroutine would
+// cost a wake-up per request, which is most of a proxy's CPU time. Only
+// when the client's socket would block does a writer goroutine start: it
+// waits for the client, and ends once it has caught up.
+//
+// Locking rule. qmu guards the queue and is never held across anything but
+// a few pointer moves. mu guards the buffer and the socket. Any goroutine
+// may take mu to move ready replies into the buffer and write them without
+// waiting; only the writer goroutine may block while holding mu, in a write
+// bounded by the client write timeout. A goroutine that finds mu taken never
+// waits for it: it sets dirty, and whoever holds mu looks again before it
+// lets go. So no completer ever waits on a slow client.
 type output struct {
-	mu sync.Mutex
-	// buf holds replies, in order, not yet written to the client.
-	buf []byte
-	// head is the next request in order, taken from the queue but not
-	// complete yet.
-	head *request
-	// stalled is set while the writer goroutine owns the output: the socket
-	// would have blocked, or a large reply is to be written.
-	stalled bool
-	// closed is set once the queue was closed and seen empty.
-	closed bool
-	// closeReason, once set, closes the client after buf is written (QUIT,
-	// a protocol error).
-	closeReason string
+	s    *session
+	conn net.Conn
 	// raw writes to the socket without waiting; nil when the connection
-	// offers no raw access (then the writer goroutine writes everything).
+	// offers no raw access (then every write goes through the writer
+	// goroutine).
 	raw syscall.RawConn
 	// rawWrite is tryWrite as a func value, made once: handing raw.Write a
 	// fresh closure would allocate on every write.
 	rawWrite func(fd uintptr) bool
+
+	qmu        sync.Mutex
+	head, tail *request
+	shut       bool         // no more queueing: what comes is dropped
+	queued     atomic.Int32 // requests in the queue
+
+	dirty atomic.Bool
+	mu    sync.Mutex
+	// buf holds replies, in order, not yet written to the client.
+	buf []byte
+	// off is how much of the head's large reply is written already.
+	off int
+	// stalled is set while the writer goroutine owns writing: the socket
+	// would have blocked.
+	stalled bool
+	writer  bool // the writer goroutine runs
+	// closeAfter, once set, closes the client after buf is written (QUIT,
+	// a protocol error).
+	closeAfter closeReason
+	// closeWhenEmpty closes the client once every queued reply is written
+	// (shutdown).
+	closeWhenEmpty bool
 	// pending, written and writeErr are tryWrite's arguments and results.
 	pending  []byte
 	written  int
@@ -51,8 +71,8 @@ const (
 	// flushAt is the buffered size at which output writes before the batch
 	// ends, so a long pipeline does not buffer all its replies.
 	flushAt = 64 << 10
-	// largeReply is the size from which the writer goroutine writes a reply
-	// straight from the request rather than copying it into the buffer.
+	// largeReply is the size from which a reply is written straight from
+	// its request rather than copied into the buffer.
 	largeReply = 256 << 10
 	// maxKeptOutBuf is the largest buffer kept once empty: enough for the
 	// small replies most clients get, without holding a burst's worth of
@@ -60,7 +80,8 @@ const (
 	maxKeptOutBuf = 16 << 10
 )
 
-func (o *output) init(conn net.Conn) {
+func (o *output) init(s *session, conn net.Conn) {
+	o.s, o.conn = s, conn
 	if sc, ok := conn.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
 			o.raw = raw
@@ -69,155 +90,157 @@ func (o *output) init(conn net.Conn) {
 	}
 }
 
-// sendReady moves the replies that are ready to the client, and flushes
-// them now unless batched (the caller then calls Flush when its batch
-// ends). It never blocks: if another goroutine holds the output, the writer
-// goroutine is woken to look again.
-func (s *session) sendReady(batched bool) {
-	if !s.out.mu.TryLock() {
-		s.wakeWriter()
-		return
+// push queues r for its reply, after every request queued before it. Once
+// the output is shut, r is dropped instead and push reports false.
+func (o *output) push(r *request) bool {
+	o.qmu.Lock()
+	if o.shut {
+		o.qmu.Unlock()
+		r.release()
+		return false
 	}
-	s.drainLocked(!batched, false)
-	s.out.mu.Unlock()
+	if o.tail == nil {
+		o.head = r
+	} else {
+		o.tail.next = r
+	}
+	o.tail = r
+	o.qmu.Unlock()
+	o.queued.Add(1)
+	return true
 }
 
-// sendReplies sends the ready replies now, or, with a batch, leaves them
-// buffered until the batch is flushed.
-func (s *session) sendReplies(batch *pool.Batch) {
+func (o *output) peek() *request {
+	o.qmu.Lock()
+	defer o.qmu.Unlock()
+	return o.head
+}
+
+// pop takes r, the head, off the queue.
+func (o *output) pop(r *request) {
+	o.qmu.Lock()
+	o.head = r.next
+	if o.head == nil {
+		o.tail = nil
+	}
+	o.qmu.Unlock()
+	r.next = nil
+	o.queued.Add(-1)
+}
+
+// ready is called after a request completed: it sends what is ready now,
+// or, with a batch, moves it to the buffer and leaves the write to the
+// batch's flush.
+func (o *output) ready(batch *pool.Batch) {
 	if batch == nil {
-		s.sendReady(false)
+		o.kick(true)
 		return
 	}
-	s.sendReady(true)
-	batch.Add(s)
+	o.kick(false)
+	batch.Add(o)
 }
 
-// Flush implements pool.Flusher: it sends what batched completions left in
+// Flush implements pool.Flusher: it writes what batched completions left in
 // the buffer.
-func (s *session) Flush() { s.sendReady(false) }
+func (o *output) Flush() { o.kick(true) }
 
-var _ pool.Flusher = (*session)(nil)
+var _ pool.Flusher = (*output)(nil)
+
+// kick drains ready replies if mu is free, and otherwise leaves them to
+// whoever holds it (see the locking rule).
+func (o *output) kick(flush bool) {
+	o.dirty.Store(true)
+	for o.dirty.Load() {
+		if !o.mu.TryLock() {
+			return
+		}
+		o.dirty.Store(false)
+		o.drainLocked(flush, false)
+		o.mu.Unlock()
+	}
+}
 
 // drainLocked appends every ready reply, in request order, to the buffer,
-// recycling its request, and writes the buffer when flush is set or it is
-// large. inWriter says the writer goroutine calls: it may block on the
-// client; any other caller leaves that to the writer goroutine.
-func (s *session) drainLocked(flush, inWriter bool) {
-	o := &s.out
-	if s.isDead() {
+// and writes the buffer when flush is set or it is large. inWriter says the
+// writer goroutine calls: it may block on the client; any other caller
+// leaves that to the writer goroutine.
+func (o *output) drainLocked(flush, inWriter bool) {
+	if o.s.isDead() || (o.stalled && !inWriter) {
 		return
 	}
-	if o.stalled && !inWriter {
-		s.wakeWriter()
-		return
-	}
-loop:
-	for o.closeReason == "" {
-		r := o.head
-		if r == nil {
-			select {
-			case q, ok := <-s.queue:
-				if !ok {
-					o.closed = true
-					s.wakeWriter() // so that it sees the end
-					break loop
-				}
-				r = q
-			default:
-				break loop
-			}
-		}
-		if !r.done.Load() {
-			o.head = r
+	for o.closeAfter == notClosed {
+		r := o.peek()
+		if r == nil || r.state.Load() != done {
 			break
 		}
-		if len(r.reply) >= largeReply && r.err == nil {
-			if !inWriter {
-				o.head, o.stalled = r, true
-				s.wakeWriter()
-				return
+		if r.err == nil && !r.suppress {
+			if b := r.replyBytes(); len(b) >= largeReply {
+				if !o.flushLocked(inWriter) || o.stalled && !inWriter {
+					return
+				}
+				if !o.writeLarge(b, inWriter) {
+					return
+				}
+			} else {
+				o.buf = append(o.buf, b...)
 			}
-			o.head = nil
-			if !s.writeLarge(r) {
-				return
-			}
-			continue
+		} else if r.err != nil && !r.suppress {
+			o.buf = resp.AppendError(o.buf, "ERR "+r.err.Error())
 		}
-		o.head = nil
-		s.appendReply(r)
-		if r.closeAfter {
-			o.closeReason = r.closeReason
-			flush = true
-		}
-		r.release()
-		if len(o.buf) >= flushAt && (!s.flushLocked(inWriter) || o.stalled && !inWriter) {
+		o.pop(r)
+		o.off = 0
+		o.closeAfter = r.closeAfter
+		o.s.replySent(r)
+		if len(o.buf) >= flushAt && (!o.flushLocked(inWriter) || o.stalled && !inWriter) {
 			return
 		}
 	}
-	if flush {
-		s.flushLocked(inWriter)
+	if flush || o.closeAfter != notClosed || o.closeWhenEmpty {
+		o.flushLocked(inWriter)
 	}
 }
 
-// appendReply adds r's reply (or its error) to the buffer and records its
-// metrics.
-func (s *session) appendReply(r *request) {
-	s.replyOut(r)
-	if r.err != nil {
-		s.out.buf = redcon.AppendError(s.out.buf, "ERR "+r.err.Error())
-		return
+// writeLarge writes a large reply straight from its request, after what is
+// buffered, without copying it: all of it in the writer goroutine, else
+// what the socket takes now. It reports whether all of it is written.
+func (o *output) writeLarge(b []byte, inWriter bool) bool {
+	if inWriter {
+		if !o.writeBlocking(b[o.off:]) {
+			return false
+		}
+		return true
 	}
-	s.out.buf = append(s.out.buf, r.reply...)
-}
-
-// replyOut records that r's reply leaves the line: its metrics, and the
-// counts that decide whether a push may skip the line (see pushDirect).
-func (s *session) replyOut(r *request) {
-	s.srv.metrics.Latency.WithLabelValues(r.route).Observe(time.Since(r.start).Seconds())
-	if r.err == nil {
-		s.pendingOut.Add(-int64(len(r.reply)))
-	}
-	switch r.pubsubKind {
-	case confirmsSubscription:
-		s.unconfirmedSubs.Add(-1)
-	case queuedPush:
-		s.queuedPushes.Add(-1)
-	}
-}
-
-// writeLarge writes a large reply from the writer goroutine, after what is
-// buffered, without copying it.
-func (s *session) writeLarge(r *request) bool {
-	if !s.flushLocked(true) || !s.writeBlocking(r.reply) {
+	n, err := o.writeNow(b[o.off:])
+	if err != nil {
+		o.writeFailed(err)
 		return false
 	}
-	s.replyOut(r)
-	r.release()
+	if o.off += n; o.off < len(b) {
+		o.stall()
+		return false
+	}
 	return true
 }
 
 // flushLocked writes the buffer: all of it, waiting, in the writer
 // goroutine; elsewhere what the socket takes now, leaving the rest to the
 // writer goroutine. It reports false when the session died.
-func (s *session) flushLocked(inWriter bool) bool {
-	o := &s.out
+func (o *output) flushLocked(inWriter bool) bool {
 	if len(o.buf) > 0 {
 		if inWriter {
-			if !s.writeBlocking(o.buf) {
+			if !o.writeBlocking(o.buf) {
 				return false
 			}
 			o.buf = o.buf[:0]
 		} else {
-			n, err := s.writeNow(o.buf)
+			n, err := o.writeNow(o.buf)
 			if err != nil {
-				s.writeFailed(err)
+				o.writeFailed(err)
 				return false
 			}
 			o.buf = o.buf[:copy(o.buf, o.buf[n:])]
 			if len(o.buf) > 0 {
-				o.stalled = true
-				s.wakeWriter()
+				o.stall()
 				return true
 			}
 		}
@@ -225,29 +248,58 @@ func (s *session) flushLocked(inWriter bool) bool {
 			o.buf = nil
 		}
 	}
-	if inWriter {
-		o.stalled = false
-	}
-	if o.closeReason != "" && len(o.buf) == 0 {
-		s.kill(o.closeReason)
+	switch {
+	case o.closeAfter != notClosed:
+		o.s.kill(o.closeAfter)
+		return false
+	case o.closeWhenEmpty && o.peek() == nil:
+		o.s.kill(closedShutdown)
 		return false
 	}
 	return true
 }
 
+// stall hands writing to the writer goroutine, starting it if need be.
+func (o *output) stall() {
+	o.stalled = true
+	if o.writer {
+		return
+	}
+	o.writer = true
+	o.s.srv.wg.Add(1)
+	go o.writeLoop()
+}
+
+// writeLoop is the writer goroutine: it writes, waiting for the client,
+// until it has caught up with every ready reply, then ends.
+func (o *output) writeLoop() {
+	defer o.s.srv.wg.Done()
+	defer o.s.srv.recoverPanic(o.s)
+	o.mu.Lock()
+	for !o.s.isDead() {
+		o.dirty.Store(false)
+		o.drainLocked(true, true)
+		if len(o.buf) == 0 && o.off == 0 && !o.dirty.Load() {
+			break
+		}
+	}
+	o.stalled, o.writer = false, false
+	o.mu.Unlock()
+	o.kick(true) // what came while the lock was held
+}
+
 // writeBlocking writes b, waiting for the client up to ClientWriteTimeout.
-func (s *session) writeBlocking(b []byte) bool {
-	_ = s.conn.SetWriteDeadline(time.Now().Add(s.srv.opts.ClientWriteTimeout))
-	if _, err := s.conn.Write(b); err != nil {
-		s.writeFailed(err)
+func (o *output) writeBlocking(b []byte) bool {
+	_ = o.conn.SetWriteDeadline(time.Now().Add(o.s.srv.opts.ClientWriteTimeout))
+	if _, err := o.conn.Write(b); err != nil {
+		o.writeFailed(err)
 		return false
 	}
 	return true
 }
 
 // writeNow writes as much of b as the socket takes without waiting.
-func (s *session) writeNow(b []byte) (int, error) {
-	o := &s.out
+func (o *output) writeNow(b []byte) (int, error) {
 	if o.raw == nil {
 		return 0, nil
 	}
@@ -281,44 +333,64 @@ func (o *output) tryWrite(fd uintptr) bool {
 	return true
 }
 
-func (s *session) writeFailed(err error) {
+func (o *output) writeFailed(err error) {
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
-		s.kill("write_timeout")
+		o.s.kill(closedWriteTimeout)
 		return
 	}
-	s.kill("write_error")
+	o.s.kill(closedWriteError)
 }
 
-// writeLoop is the writer goroutine: it takes over when the client's socket
-// would block or a large reply is due, and when it is woken because another
-// goroutine found the output busy. It ends when the session dies or its
-// queue is closed and every reply is written.
-func (s *session) writeLoop() {
-	for {
-		select {
-		case <-s.wake:
-		case <-s.dead:
-			return
-		}
-		s.out.mu.Lock()
-		s.drainLocked(true, true)
-		end := s.out.closed && s.out.head == nil && len(s.out.buf) == 0
-		s.out.mu.Unlock()
-		if end || s.isDead() {
-			return
-		}
-	}
-}
-
-func (s *session) isDead() bool { return isClosed(s.dead) }
-
-// isClosed reports whether ch is closed, without waiting.
-func isClosed(ch <-chan struct{}) bool {
-	select {
-	case <-ch:
-		return true
-	default:
+// pushDirect puts a message for a RESP3 client straight into its output,
+// ahead of replies still awaited: RESP3 pushes may come between any two
+// replies, so a client blocked in BLPOP still gets its messages. It does not
+// when that could put the message before its subscription's confirmation or
+// an earlier message still in line, or while the client is not reading.
+func (o *output) pushDirect(raw []byte, batch *pool.Batch) bool {
+	if !o.mu.TryLock() {
 		return false
+	}
+	defer o.mu.Unlock()
+	s := o.s
+	if o.stalled || o.off > 0 || o.closeAfter != notClosed || s.isDead() || s.unconfirmedSubs.Load() > 0 || s.queuedPushes.Load() > 0 {
+		return false
+	}
+	// The buffer holds whole replies only, so the push lands between two.
+	o.buf = append(o.buf, '>')
+	o.buf = append(o.buf, raw[1:]...)
+	batch.Add(o)
+	return true
+}
+
+// drainThenClose makes the output close the client once every reply
+// queued is written (shutdown).
+func (o *output) drainThenClose() {
+	o.mu.Lock()
+	o.closeWhenEmpty = true
+	o.mu.Unlock()
+	o.kick(true)
+}
+
+// shutQueue ends the queue once the session is dead: requests already done
+// are recycled now, the others by whoever completes them (see finish). It
+// takes mu, so no drain is under way; a writer goroutine blocked in a write
+// lets go at once, since the socket is closed.
+func (o *output) shutQueue() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.qmu.Lock()
+	o.shut = true
+	r := o.head
+	o.head, o.tail = nil, nil
+	o.qmu.Unlock()
+	for r != nil {
+		next := r.next
+		r.next = nil
+		o.queued.Add(-1)
+		if !r.state.CompareAndSwap(pending, orphaned) {
+			r.release()
+		}
+		r = next
 	}
 }

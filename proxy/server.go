@@ -1,6 +1,23 @@
 // Package proxy is funnel's client side: it accepts Redis clients, keeps each
 // client's state and reply order, answers what it can itself, and sends the
 // rest through the upstream pool.
+//
+// Where one client is kept from hurting another:
+//   - resp parses requests exactly as redis-server does, so what funnel
+//     forwards (in canonical form) is parsed the same way upstream, and
+//     what Redis would reject never reaches a shared connection;
+//   - router.go applies Redis's own checks (unknown command, arity, NOAUTH,
+//     MULTI and subscribed-mode rules) before any handler sees arguments,
+//     and closes a client that speaks HTTP (cross-protocol attacks);
+//   - dispatch.go keeps the reader off every wait, so a client that leaves
+//     is noticed at once and its unsent commands are cancelled;
+//   - the cache (caching.go) keeps a write's keys pending until its reply,
+//     so no client reads around another's write;
+//   - output.go writes replies without ever making a completer wait on a
+//     slow client; memory.go and the per-client output limit bound what is
+//     held, per client and in total;
+//   - every goroutine that runs session code recovers a panic by closing
+//     only that session.
 package proxy
 
 import (
@@ -8,6 +25,8 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"runtime/debug"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +36,7 @@ import (
 	"github.com/funnel-proxy/funnel/metrics"
 	"github.com/funnel-proxy/funnel/pool"
 	"github.com/funnel-proxy/funnel/resp"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Version is funnel's version, shown in INFO.
@@ -28,19 +48,32 @@ type Options struct {
 	RequirePass        string        // funnel's own client password; empty: none
 	Deny               []string      // more commands to refuse, e.g. "flushall" or "config|set"
 	Limits             resp.Limits   // request size limits (default resp.DefaultLimits)
-	MaxPipeline        int           // commands a client may have queued for replies (default 1024)
+	MaxPipeline        int           // commands a client may have without replies before funnel stops reading it (default 1024)
 	ClientOutputLimit  int64         // reply bytes held for one client before it is closed (default 512 MiB)
 	ClientWriteTimeout time.Duration // longest a reply write may block (default 30s)
-	InfoTTL            time.Duration // how long an upstream INFO reply is reused (default 5s)
-	MaxMultiBytes      int           // largest transaction funnel buffers between MULTI and EXEC (default 64 MiB)
-	DisableCoalesce    bool          // do not merge identical reads in flight
-	CacheRules         []CacheRule   // which keys' reads are cached, and for how long
-	CacheScripts       []string      // SHA1s of scripts that only read (cacheable EVAL/EVALSHA)
-	CacheMaxBytes      int64         // cache memory bound (default 64 MiB)
-	CacheMaxValue      int           // largest reply cached (default 1 MiB)
-	Logger             *slog.Logger
-	Metrics            *metrics.Metrics
+	MaxMemory          int64         // request and reply bytes held for all clients before funnel stops reading (default 1 GiB)
+	// ExclusiveWait bounds the wait for an exclusive-lane connection: a
+	// WATCH or blocking command that gets none in time is answered with a
+	// funnel: error (a blocking command whose own timeout is shorter gets
+	// Redis's timeout reply instead). Default 10s.
+	ExclusiveWait time.Duration
+	// InfoTTL is how long a copy of the upstream's INFO may answer the
+	// INFO a new connection sends before its first data command (default
+	// 60s; negative: never, every INFO is fetched). Any later INFO is
+	// fetched anew.
+	InfoTTL         time.Duration
+	MaxMultiBytes   int         // largest transaction funnel buffers between MULTI and EXEC (default 64 MiB)
+	DisableCoalesce bool        // do not merge identical reads in flight
+	CacheRules      []CacheRule // which keys' reads are cached, and for how long
+	CacheScripts    []string    // SHA1s of scripts that only read (cacheable EVAL/EVALSHA)
+	CacheMaxBytes   int64       // cache memory bound (default 64 MiB)
+	CacheMaxValue   int         // largest reply cached (default 1 MiB)
+	Logger          *slog.Logger
+	Metrics         *metrics.Metrics
 }
+
+// DefaultInfoTTL is Options.InfoTTL's default.
+const DefaultInfoTTL = 60 * time.Second
 
 func (o *Options) setDefaults() {
 	if o.MaxClients <= 0 {
@@ -58,6 +91,15 @@ func (o *Options) setDefaults() {
 	if o.ClientWriteTimeout <= 0 {
 		o.ClientWriteTimeout = 30 * time.Second
 	}
+	if o.MaxMemory <= 0 {
+		o.MaxMemory = 1 << 30
+	}
+	if o.ExclusiveWait <= 0 {
+		o.ExclusiveWait = 10 * time.Second
+	}
+	if o.InfoTTL == 0 {
+		o.InfoTTL = DefaultInfoTTL
+	}
 	if o.MaxMultiBytes <= 0 {
 		o.MaxMultiBytes = 64 << 20
 	}
@@ -67,11 +109,11 @@ func (o *Options) setDefaults() {
 	if o.CacheMaxValue <= 0 {
 		o.CacheMaxValue = 1 << 20
 	}
-	if o.InfoTTL <= 0 {
-		o.InfoTTL = 5 * time.Second
-	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Metrics == nil {
+		o.Metrics = metrics.New(prometheus.NewRegistry())
 	}
 }
 
@@ -81,25 +123,28 @@ type Server struct {
 	opts    Options
 	log     *slog.Logger
 	metrics *metrics.Metrics
-	denied  map[string]bool
+	deny    map[string]bool
+	mem     *memoryBudget
+	latency [numRoutes]prometheus.Observer
 
 	mu        sync.Mutex
 	sessions  map[int64]*session
 	listeners map[net.Listener]bool
 	closing   bool
+	dbPools   map[poolKey]*pool.Pool // pools other than the main one, made on first use
 
 	nextID          atomic.Int64
-	wg              sync.WaitGroup // sessions and fetches
+	wg              sync.WaitGroup // sessions and the goroutines they start
+	blockedClients  atomic.Int64   // clients with a blocking command waiting or blocked
 	infoCache       replyCache
 	commandCache    replyCache
 	version         atomic.Pointer[string]
-	byCommand       sync.Map // command name -> *commandCounters
+	validDBs        sync.Map // db index -> true, once the upstream accepted SELECT of it
 	hub             *hub
-	dbPools         map[poolKey]*pool.Pool // pools other than the main one, made on first use; guarded by mu
-	cache           *cache.Cache           // nil when neither coalescing nor caching is on
-	readOnlyScripts map[string]bool        // lower-case SHA1s
-	closingCh       chan struct{}          // closed when Shutdown begins
-	stats           struct{ clientCommands, upstreamCommands, localReplies atomic.Int64 }
+	cache           *cache.Cache    // nil when neither coalescing nor caching is on
+	readOnlyScripts map[string]bool // lower-case SHA1s
+	closingCh       chan struct{}   // closed when Shutdown begins
+	crossLogged     atomic.Int64    // when a cross-protocol attack was last logged (unix seconds)
 }
 
 // New returns a server that sends upstream work to p.
@@ -107,11 +152,15 @@ func New(p *pool.Pool, opts Options) *Server {
 	opts.setDefaults()
 	srv := &Server{
 		pool: p, opts: opts, log: opts.Logger, metrics: opts.Metrics,
-		denied:    map[string]bool{},
+		deny:      map[string]bool{},
 		sessions:  map[int64]*session{},
 		listeners: map[net.Listener]bool{},
 		closingCh: make(chan struct{}),
 		dbPools:   map[poolKey]*pool.Pool{},
+	}
+	srv.mem = newMemoryBudget(opts.MaxMemory, opts.Metrics)
+	for k := range srv.latency {
+		srv.latency[k] = opts.Metrics.Latency.WithLabelValues(routeKind(k).String())
 	}
 	srv.hub = newHub(srv)
 	srv.readOnlyScripts = map[string]bool{}
@@ -120,12 +169,10 @@ func New(p *pool.Pool, opts Options) *Server {
 	}
 	if !opts.DisableCoalesce || len(opts.CacheRules) > 0 {
 		srv.cache = cache.New(opts.CacheMaxBytes, opts.CacheMaxValue)
-		if opts.Metrics != nil {
-			opts.Metrics.WatchCache(srv.cache.Stats)
-		}
+		opts.Metrics.WatchCache(srv.cache.Stats)
 	}
 	for _, d := range opts.Deny {
-		srv.denied[strings.ToLower(strings.ReplaceAll(strings.TrimSpace(d), " ", "|"))] = true
+		srv.deny[strings.ToLower(strings.ReplaceAll(strings.TrimSpace(d), " ", "|"))] = true
 	}
 	return srv
 }
@@ -154,7 +201,7 @@ func (srv *Server) Serve(ln net.Listener) error {
 			// Out of file descriptors and the like: wait a little, as
 			// net/http does, rather than spin or give up.
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			srv.log.Warn("accept", "err", err, "retry_in", delay)
+			srv.log.Warn("accept failed; retrying (raise the open files limit if this says too many open files)", "err", err, "retry_in", delay.String())
 			time.Sleep(delay)
 			continue
 		}
@@ -169,15 +216,15 @@ func (srv *Server) accept(conn net.Conn) {
 	if srv.closing || len(srv.sessions) >= srv.opts.MaxClients {
 		closing := srv.closing
 		srv.mu.Unlock()
-		reason := "max_clients"
+		reason := closedMaxClients
 		if closing {
-			reason = "shutdown"
+			reason = closedShutdown
 		} else {
 			// Redis's own words, then close, as Redis does.
 			_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
 			_, _ = conn.Write([]byte("-ERR max number of clients reached\r\n"))
 		}
-		srv.metrics.ClientsClosed.WithLabelValues(reason).Inc()
+		srv.metrics.ClientsClosed.WithLabelValues(reason.String()).Inc()
 		conn.Close()
 		return
 	}
@@ -198,6 +245,35 @@ func (srv *Server) accept(conn net.Conn) {
 		srv.mu.Unlock()
 		srv.metrics.ClientConnections.Dec()
 	}()
+}
+
+// recoverPanic, deferred in every goroutine that runs session code, turns
+// a panic into the close of that session alone (s may be nil for the hub),
+// logged with its stack and counted. A panic is always a bug.
+func (srv *Server) recoverPanic(s *session) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	srv.metrics.Panics.Inc()
+	var id int64
+	if s != nil {
+		id = s.id
+		s.kill(closedPanic)
+	}
+	srv.log.Error("panic recovered: only the client concerned was closed; this is a bug in funnel, please report it with this stack",
+		"id", id, "panic", v, "stack", string(debug.Stack()))
+}
+
+// crossProtocol logs a client that sent an HTTP line, at most once a minute
+// as Redis does, so an attack cannot flood the log.
+func (srv *Server) crossProtocol(s *session) {
+	srv.metrics.Errors.WithLabelValues("cross_protocol").Inc()
+	now := time.Now().Unix()
+	if last := srv.crossLogged.Load(); now-last > 60 && srv.crossLogged.CompareAndSwap(last, now) {
+		srv.log.Warn("possible security attack: a client sent POST or Host:, as a web page in a browser can be made to; funnel closed it, and nothing it sent after that line ran (this is logged at most once a minute)",
+			"addr", s.info.addr)
+	}
 }
 
 // maxDBPools bounds how many pools besides the main one a funnel makes.
@@ -252,7 +328,7 @@ func (srv *Server) sessionsSnapshot() []*session {
 		out = append(out, s)
 	}
 	srv.mu.Unlock()
-	slicesSortByID(out)
+	sort.Slice(out, func(i, j int) bool { return out[i].id < out[j].id })
 	return out
 }
 
@@ -262,9 +338,17 @@ func (srv *Server) sessionCount() int {
 	return len(srv.sessions)
 }
 
-// Shutdown stops accepting clients, stops reading new commands, and waits
-// until every command already read has its reply written, or until ctx
-// ends; then it closes every client. It does not close the pool.
+// session returns the open session with the id, or nil.
+func (srv *Server) session(id int64) *session {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	return srv.sessions[id]
+}
+
+// Shutdown stops accepting clients and reading new commands, and waits
+// until every command already read has its reply written, blocked ones
+// included, or until ctx ends; then it closes every client that is left
+// (it sees EOF). It does not close the pool.
 func (srv *Server) Shutdown(ctx context.Context) error {
 	srv.mu.Lock()
 	if !srv.closing {
@@ -275,9 +359,7 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 		ln.Close()
 	}
 	for _, s := range srv.sessions {
-		s.draining.Store(true)
-		// Wake a reader blocked in Read; it sees draining and stops.
-		_ = s.conn.SetReadDeadline(time.Now())
+		s.drain()
 	}
 	srv.mu.Unlock()
 	done := make(chan struct{})
@@ -288,7 +370,7 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		srv.mu.Lock()
 		for _, s := range srv.sessions {
-			s.kill("shutdown")
+			s.kill(closedShutdown)
 		}
 		srv.mu.Unlock()
 		<-done
@@ -304,4 +386,16 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 		p.Close(ctx)
 	}
 	return err
+}
+
+// drain makes the session read no new command and close once every reply
+// to what it has read is written.
+func (s *session) drain() {
+	s.draining.Store(true)
+	// Wake a reader blocked in Read or waiting for room; it sees draining.
+	_ = s.conn.SetReadDeadline(time.Now())
+	select {
+	case s.room <- struct{}{}:
+	default:
+	}
 }

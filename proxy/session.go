@@ -11,41 +11,46 @@ import (
 
 	"github.com/funnel-proxy/funnel/pool"
 	"github.com/funnel-proxy/funnel/resp"
-	"github.com/tidwall/redcon"
 )
 
-// session is one client connection. Its reader parses commands and routes
-// each one; its output (see output.go) sends the replies back in the order
-// the commands came, whatever order they were answered in.
+// session is one client connection. Its reader goroutine reads and parses
+// commands and never waits on the upstream: each command is queued on the
+// output at once, in arrival order, and dispatched (routed and sent) right
+// there unless an earlier command is waiting for something (a lane
+// connection, the client's in-flight commands, a fetch); then it is parked
+// and a resumer goroutine dispatches the parked ones in order (dispatch.go).
+// So a departure is noticed at once, and a command that never left funnel
+// is cancelled rather than run for nobody.
 type session struct {
-	srv  *Server
-	conn net.Conn
-	id   int64
+	srv    *Server
+	conn   net.Conn
+	id     int64
+	out    output
+	reader *resp.RequestReader
 
-	// queue carries requests from the reader to the output in arrival
-	// order. It is bounded (Options.MaxPipeline); a reader that fills it
-	// waits, so a client that pipelines without reading is slowed, not
-	// buffered forever.
-	queue chan *request
-	// wake calls the writer goroutine to the output; see writeLoop.
-	wake chan struct{}
 	// dead is closed when the session must end at once.
-	dead       chan struct{}
-	killOnce   sync.Once
-	killReason atomic.Value // string
+	dead     chan struct{}
+	killOnce sync.Once
+	reason   atomic.Uint32 // closeReason
+	draining atomic.Bool   // set by Shutdown: stop reading new commands
 
-	// pendingOut counts reply bytes held for this client and not yet
-	// written; over Options.ClientOutputLimit the client is closed.
-	pendingOut atomic.Int64
-	// upInFlight counts this client's requests sent upstream and not yet
-	// answered. While it is above zero, new requests go to sticky, the
-	// connection they are on, so Redis runs them in the client's order.
-	upInFlight atomic.Int64
-	// unconfirmedSubs counts SUBSCRIBE replies, and queuedPushes messages,
-	// queued and not yet sent; while either is above zero a RESP3 push
-	// waits in line (see pushDirect).
-	unconfirmedSubs, queuedPushes atomic.Int64
-	sticky                        *pool.Conn
+	// The dispatch hand-off between the reader and the resumer; see
+	// dispatch.go. mu guards parked and suspended.
+	mu        sync.Mutex
+	parked    []*request
+	suspended bool
+	// resuming is set while the resumer dispatches; only the dispatching
+	// goroutine reads or writes it.
+	resuming bool
+	// resumers tracks the resumer, which the session's end waits for: it
+	// owns the client state until it hands dispatching back.
+	resumers sync.WaitGroup
+	// room wakes a reader that stopped because the client has
+	// Options.MaxPipeline commands without replies.
+	room chan struct{}
+
+	// Client state, owned by whichever goroutine dispatches.
+	sticky *pool.Conn
 	// stickyLease is the lease of sticky when it is an exclusive connection
 	// the client is finishing with; requests sent there carry it, so the
 	// last to complete releases the connection.
@@ -53,197 +58,254 @@ type session struct {
 	// lease is the exclusive connection the client holds now (WATCH span,
 	// blocking command being routed); while set, everything goes there.
 	lease *lease
-	// idle is signalled when upInFlight drops to zero.
-	idle chan struct{}
 	// multi buffers a transaction between MULTI and EXEC.
 	multi *multiState
 	// subs are the client's pub/sub subscriptions; any puts it in
 	// subscribed mode.
 	subs map[subKey]bool
-	// keyPos and keyArgs are scratch for invalidation, reused per command.
+	// db is the client's selected db, and pool the pool that serves it.
+	db        int
+	pool      *pool.Pool
+	authed    bool
+	replyMode replyMode
+	// sentData is set once the client sent a command other than the
+	// handshake's (see cmdInfo).
+	sentData bool
+	// keyPos and keyArgs are scratch for the cache, reused per command.
 	keyPos  []int
 	keyArgs [][]byte
-	// db is the client's selected db, and pool the pool that serves it.
-	db   int
-	pool *pool.Pool
+	// blocking is the client's blocking command waiting for a lane
+	// connection or blocked upstream, for CLIENT UNBLOCK; guarded by mu.
+	blocking *blockingWait
 
-	// Client state, owned by the reader goroutine; info guards what
-	// CLIENT LIST reads from other sessions.
-	info     clientInfo
-	authed   bool
-	reader   *resp.RequestReader
-	draining atomic.Bool // set by Shutdown: stop reading new commands
+	// Counters shared with the goroutines that complete requests.
+	// pendingOut counts reply bytes held for this client and not yet
+	// written; over Options.ClientOutputLimit the client is closed.
+	pendingOut atomic.Int64
+	// upInFlight counts this client's requests sent upstream and not yet
+	// answered. While it is above zero, new requests go to sticky, the
+	// connection they are on, so Redis runs them in the client's order.
+	upInFlight atomic.Int64
+	// progress is signalled when a request of the client's completes while
+	// waitingProgress is set (see awaitProgress).
+	progress        chan struct{}
+	waitingProgress atomic.Bool
+	// avgReply is a moving average of this client's upstream reply sizes,
+	// which sizes its in-flight window (see window).
+	avgReply atomic.Int64
+	// unconfirmedSubs counts SUBSCRIBE replies, and queuedPushes messages,
+	// queued and not yet sent; while either is above zero a RESP3 push
+	// waits in line (see pushDirect).
+	unconfirmedSubs, queuedPushes atomic.Int64
 
-	// out sends the replies; see output.
-	out output
+	// info is what CLIENT LIST shows; it guards what other sessions read.
+	info clientInfo
 }
 
 func newSession(srv *Server, conn net.Conn, id int64) *session {
 	s := &session{
 		srv: srv, conn: conn, id: id,
-		queue: make(chan *request, srv.opts.MaxPipeline),
-		wake:  make(chan struct{}, 1),
-		idle:  make(chan struct{}, 1),
-		dead:  make(chan struct{}),
+		dead:     make(chan struct{}),
+		room:     make(chan struct{}, 1),
+		progress: make(chan struct{}, 1),
 	}
 	s.authed = srv.opts.RequirePass == ""
 	s.pool, s.db = srv.pool, srv.pool.Upstream().DB
 	s.info.db = s.db
 	s.info.init(conn, id)
 	s.reader = resp.NewRequestReader(conn, s.limits())
-	s.out.init(conn)
+	s.reader.SetBudget(readerBudget{s})
+	s.out.init(s, conn)
 	return s
 }
 
-// limits returns the request limits for the client's state. Before a client
-// authenticates it may send only small requests, as Redis does, so an
-// unauthenticated peer cannot make funnel buffer much.
+// limits returns the request limits for the client's state: before a
+// client authenticates it may send only small requests, as Redis does, so
+// an unauthenticated peer cannot make funnel buffer much.
 func (s *session) limits() resp.Limits {
 	l := s.srv.opts.Limits
-	if !s.authed {
-		l.MaxArgs = min(l.MaxArgs, 10)
-		l.MaxBulk = min(l.MaxBulk, 16<<10)
-	}
+	l.Unauthenticated = !s.authed
 	return l
 }
 
-func (s *session) wakeWriter() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
+func (s *session) setAuthed(ok bool) {
+	s.authed = ok
+	s.reader.SetLimits(s.limits())
 }
 
 // kill ends the session at once for reason: it closes the socket, which
-// unblocks both loops. Only the first reason counts.
-func (s *session) kill(reason string) {
+// ends the reader, cancels parked commands and their waits, and drops the
+// replies still to come. Only the first reason counts.
+func (s *session) kill(reason closeReason) {
 	s.killOnce.Do(func() {
-		s.killReason.Store(reason)
+		s.reason.Store(uint32(reason))
 		close(s.dead)
 		_ = s.conn.Close()
 	})
 }
 
-// serve runs the session until the client goes away, then cleans up.
+func (s *session) isDead() bool { return isClosed(s.dead) }
+
+// serve runs the reader until the client goes away or the session ends,
+// then cleans up.
 func (s *session) serve() {
-	writerDone := make(chan struct{})
-	go func() {
-		defer close(writerDone)
-		s.writeLoop()
-	}()
-	s.readLoop()
-	if s.stickyLease != nil && s.upInFlight.Load() > 0 {
-		// The client left while blocked (or with EXEC in flight on its
-		// exclusive connection): as Redis does, drop the client at once
-		// rather than answer a socket that is gone.
-		s.kill("client_closed")
+	departed := s.readLoop()
+	if departed {
+		// As Redis does when a client hangs up: drop it at once, replies
+		// still due included, and unblock its blocking command.
+		s.kill(closedByClient)
 	}
+	<-s.dead // the output closes the client after its last reply, or Shutdown's deadline does
+	s.resumers.Wait()
+	s.cancelParked()
 	s.endExclusive()
 	s.leavePubSub()
-	close(s.queue)
-	s.wakeWriter() // to see the queue end once every reply is sent
-	<-writerDone
-	s.kill("client_closed")
-	s.srv.metrics.ClientsClosed.WithLabelValues(s.killReason.Load().(string)).Inc()
+	s.out.shutQueue()
+	s.reader.Close()
+	reason := closeReason(s.reason.Load())
+	s.srv.metrics.ClientsClosed.WithLabelValues(reason.String()).Inc()
+	if advice := reason.advice(); advice != "" {
+		s.srv.log.Warn("client closed: "+advice, "id", s.id, "addr", s.info.addr, "reason", reason.String())
+	} else {
+		s.srv.log.Debug("client closed", "id", s.id, "addr", s.info.addr, "reason", reason.String())
+	}
 }
 
-// readLoop reads commands until the client closes, errs, sends QUIT, or the
-// session is killed or drained for shutdown.
-func (s *session) readLoop() {
-	for !s.draining.Load() {
+// readLoop reads and inputs commands until the client hangs up (it reports
+// true), sends QUIT, errs, or the session is killed or drained.
+func (s *session) readLoop() (departed bool) {
+	defer s.srv.recoverPanic(s)
+	for {
+		if s.draining.Load() {
+			s.out.drainThenClose()
+			return false
+		}
+		if int(s.out.queued.Load()) >= s.srv.opts.MaxPipeline && !s.awaitRoom() {
+			return false
+		}
 		cmd, err := s.reader.Read()
 		if err != nil {
-			var pe *resp.ProtocolError
-			if errors.As(err, &pe) {
-				s.srv.metrics.Errors.WithLabelValues("client_protocol").Inc()
-				r := newRequest(s, nil)
-				r.name, r.route = "", "refused"
-				r.closeAfter, r.closeReason = true, "protocol_error"
-				r.Complete(redcon.AppendError(nil, "ERR "+pe.Error()), nil)
-				s.enqueue(r)
-			} else if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-				s.srv.log.Debug("client read", "id", s.id, "err", err)
-			}
-			return
+			return s.readFailed(err)
 		}
-		r := s.route(cmd)
-		if r == nil {
-			continue // queued by its handler
-		}
-		last := r.closeAfter // r belongs to the output once queued
-		if !s.enqueue(r) {
-			return
-		}
-		if last {
-			s.awaitClose()
-			return
+		if last := s.input(cmd); last {
+			return s.awaitClose()
 		}
 	}
 }
 
-// awaitClose runs after QUIT: like Redis, funnel reads no further command,
-// but it still watches the socket, so a client that hangs up while its QUIT
-// waits behind a blocked command is noticed. The output closes the
-// connection after QUIT's reply, which ends this.
-func (s *session) awaitClose() {
-	var sink [512]byte
-	for {
-		if _, err := s.conn.Read(sink[:]); err != nil {
-			return
-		}
-	}
-}
-
-// enqueue puts r in line for its reply, waiting while the queue is full,
-// and sends what is ready (r itself, when it was answered here). It reports
-// false when the session died meanwhile.
-func (s *session) enqueue(r *request) bool {
-	select {
-	case s.queue <- r:
-	default:
+// awaitRoom waits, as backpressure, until the client's queue of commands
+// without replies has room again. It reports false if the session died.
+func (s *session) awaitRoom() bool {
+	for int(s.out.queued.Load()) >= s.srv.opts.MaxPipeline {
 		select {
-		case s.queue <- r:
+		case <-s.room:
 		case <-s.dead:
 			return false
 		}
 	}
-	s.sendReady(false)
 	return true
 }
 
-// countUpstream marks r as going upstream and counts it.
-func (s *session) countUpstream(r *request) {
-	r.upstream = true
-	if r.route == "" || r.route == "local" {
-		r.route = "upstream"
-	}
-	s.srv.counters(r.name).upstream.Inc()
-	s.srv.stats.upstreamCommands.Add(1)
-	s.srv.metrics.InFlight.Inc()
-}
-
-// forward sends r upstream on the connection the ordering rule allows.
-func (s *session) forward(r *request) {
-	s.countUpstream(r)
-	s.pool.Submit(s.ctx(), s.nextConn(r), &r.Request)
-}
-
-// nextConn returns the connection r must go on and counts r in flight: the
-// client's exclusive connection if it holds one; else, while any of its
-// requests are in flight, the connection they are on; else any shared one,
-// since Redis has already answered everything the client sent before.
-func (s *session) nextConn(r *request) *pool.Conn {
-	n := s.upInFlight.Add(1)
+// readFailed handles the end of the reader: a protocol error gets Redis's
+// reply and closes; shutdown drains; anything else is the client leaving.
+func (s *session) readFailed(err error) (departed bool) {
+	var pe *resp.ProtocolError
 	switch {
-	case s.lease != nil:
-		r.lease = s.lease
-		return s.lease.conn
-	case n == 1 || s.sticky == nil:
-		s.sticky, s.stickyLease = s.pool.Pick(), nil
+	case errors.As(err, &pe):
+		s.srv.metrics.Errors.WithLabelValues("client_protocol").Inc()
+		s.queueFinal(resp.AppendError(nil, "ERR "+pe.Error()), closedProtocol)
+		return s.awaitClose()
+	case errors.Is(err, errMemory):
+		s.queueFinal(resp.AppendError(nil, "ERR "+err.Error()), closedMemory)
+		return s.awaitClose()
+	case s.draining.Load():
+		s.out.drainThenClose()
+		return false
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
 	default:
-		r.lease = s.stickyLease
+		s.srv.log.Debug("client read", "id", s.id, "err", err)
 	}
-	return s.sticky
+	return !s.isDead()
+}
+
+// queueFinal queues a reply funnel made after everything before it, and
+// closes the client once it is written.
+func (s *session) queueFinal(reply []byte, reason closeReason) {
+	r := newReply(s, routeRefused)
+	r.closeAfter = reason
+	if s.out.push(r) {
+		r.completeLocal(reply)
+	}
+}
+
+// awaitClose runs after QUIT or a protocol error: like Redis, funnel reads
+// no further command, but it still watches the socket, so a client that
+// hangs up while its QUIT waits behind a blocked command is noticed. The
+// output closes the connection after the last reply, which ends this.
+func (s *session) awaitClose() (departed bool) {
+	var sink [512]byte
+	for {
+		if _, err := s.conn.Read(sink[:]); err != nil {
+			if s.draining.Load() && !s.isDead() {
+				s.out.drainThenClose()
+				<-s.dead
+			}
+			return !s.isDead()
+		}
+	}
+}
+
+// held records that n more reply bytes are held for the client.
+func (s *session) held(n int64) {
+	if s.pendingOut.Add(n) > s.srv.opts.ClientOutputLimit {
+		// The client is not reading its replies fast enough: cut it off
+		// instead of letting its backlog grow without bound.
+		s.kill(closedOutputLimit)
+	}
+}
+
+// replySent is called by the output for each request it took off its
+// queue, written or suppressed, and recycles it.
+func (s *session) replySent(r *request) {
+	s.srv.latency[r.route].Observe(time.Since(r.start).Seconds())
+	if r.err == nil {
+		s.pendingOut.Add(-int64(len(r.replyBytes())))
+	}
+	switch r.pubsubKind {
+	case confirmsSubscription:
+		s.unconfirmedSubs.Add(-1)
+	case queuedPush:
+		s.queuedPushes.Add(-1)
+	}
+	r.release()
+	if int(s.out.queued.Load()) < s.srv.opts.MaxPipeline/2+1 {
+		select {
+		case s.room <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// upstreamDone is called when a request of the client's that was sent
+// upstream completes with a reply of n bytes.
+func (s *session) upstreamDone(r *request, n int) {
+	s.srv.metrics.InFlight.Dec()
+	if avg := s.avgReply.Load(); avg == 0 {
+		s.avgReply.Store(int64(n) + 1)
+	} else {
+		s.avgReply.Store(avg + (int64(n)+1-avg)/8)
+	}
+	if s.upInFlight.Add(-1) == 0 {
+		if l := r.lease; l != nil && l.ending.Load() {
+			l.release()
+		}
+	}
+	if s.waitingProgress.Load() {
+		select {
+		case s.progress <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // ctx returns a context that ends when the session dies.
@@ -261,4 +323,14 @@ func (c sessionContext) Err() error {
 		return context.Canceled
 	}
 	return nil
+}
+
+// isClosed reports whether ch is closed, without waiting.
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }

@@ -202,7 +202,7 @@ func TestTransactionSizeBound(t *testing.T) {
 	f := startFunnel(t, Options{MaxMultiBytes: 1024}, pool.Options{})
 	c := dialRaw(t, f.Addr)
 	c.do("MULTI")
-	if got := c.do("SET", "k", strings.Repeat("x", 2000)); got != "-ERR funnel: transaction larger than 1024 bytes; it will be discarded\r\n" {
+	if got := c.do("SET", "k", strings.Repeat("x", 2000)); got != "-ERR funnel: transaction larger than 1024 bytes (--max-multi-bytes); it will be discarded\r\n" {
 		t.Fatalf("oversized queue: %q", got)
 	}
 	if got := c.do("EXEC"); got != "-EXECABORT Transaction discarded because of previous errors.\r\n" {

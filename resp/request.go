@@ -16,59 +16,129 @@ func protoErr(msg string) error { return &ProtocolError{msg: msg} }
 // refused before any memory is set aside for it.
 type Limits struct {
 	MaxArgs      int // most arguments in one multibulk request
-	MaxBulk      int // most bytes in one argument
-	MaxInlineLen int // longest inline request line
+	MaxBulk      int // most bytes in one argument (proto-max-bulk-len)
+	MaxInlineLen int // longest inline request line still waiting for its newline
+	// Unauthenticated applies Redis's limits for a client that has not
+	// authenticated yet: at most 10 arguments of at most 16 KiB each, with
+	// Redis's own error texts.
+	Unauthenticated bool
 }
 
 // DefaultLimits are Redis's own: 512 MiB per argument (proto-max-bulk-len),
 // INT_MAX arguments, 64 KiB inline lines.
 var DefaultLimits = Limits{MaxArgs: 1<<31 - 1, MaxBulk: 512 << 20, MaxInlineLen: 64 << 10}
 
-// Command is one parsed client request. Raw is the request in RESP multibulk
-// form (an inline request is converted), Args are views into Raw. Both stay
-// valid only until the next call to Read.
+// Command is one parsed client request. Raw is the request in canonical RESP
+// multibulk form, which is what funnel forwards: an inline request, or a
+// multibulk one Redis accepts though it is not canonical (a CR not followed
+// by LF, a bulk not followed by CRLF), is encoded anew. Args are views into
+// Raw. Unless Owned, both stay valid only until the next call to Read.
 type Command struct {
 	Raw  []byte
 	Args [][]byte
+	// Owned reports that Raw is the caller's to keep: for a large request
+	// the reader hands its buffer over instead of letting it be copied, so
+	// a 400 MB argument is held once.
+	Owned bool
+}
+
+// Rebase returns c's arguments as views into raw, which must be a copy of
+// c.Raw. dst is reused.
+func (c Command) Rebase(raw []byte, dst [][]byte) [][]byte {
+	dst = dst[:0]
+	for _, a := range c.Args {
+		// a is c.Raw[i:j] for some i, j, and c.Raw's capacity is its
+		// length: a's capacity tells i.
+		i := cap(c.Raw) - cap(a)
+		dst = append(dst, raw[i:i+len(a)])
+	}
+	return dst
+}
+
+// Budget accounts for the reader's buffer within a wider memory bound.
+type Budget interface {
+	// Add records that the buffer grew by n bytes (shrank, for n < 0).
+	Add(n int64)
+	// Wait returns once more bytes may be read, or an error when the bound
+	// stays exceeded past its deadline.
+	Wait() error
 }
 
 const (
 	initialBuf = 16 << 10
 	// maxHeader bounds a "*N" or "$N" line, as Redis's PROTO_INLINE_MAX_SIZE does.
 	maxHeader = 64 << 10
+	// bigArg is Redis's PROTO_MBULK_BIG_ARG: from this size an argument is
+	// read into a buffer sized for it, which the request then owns.
+	bigArg = 32 << 10
+	// bigSlack is room left after a big argument for the small ones that
+	// usually follow it (SET k <big> EX 10), so they need no second buffer.
+	bigSlack = 4 << 10
+	// Redis's limits before AUTH.
+	unauthMaxArgs = 10
+	unauthMaxBulk = 16 << 10
+	maxInt32      = 1<<31 - 1
 )
 
 // RequestReader reads client commands, RESP multibulk or inline, from a
-// stream. It resumes a partly received command where it stopped, so a large
-// request is scanned once however many reads it takes.
+// stream, deciding exactly as redis-server 7 does what is a request, what is
+// incomplete and what is a protocol error (networking.c,
+// processMultibulkBuffer and processInlineBuffer). It resumes a partly
+// received command where it stopped, so a large request is scanned once
+// however many reads it takes.
 type RequestReader struct {
 	rd     io.Reader
 	limits Limits
+	budget Budget
 	buf    []byte
 	start  int // first byte of the command being parsed
 	end    int // end of buffered bytes
 
 	// State of a multibulk request being parsed at buf[start:], with offsets
 	// relative to start because the buffer can move between reads.
-	argc  int   // declared arguments, or -1 before the header is read
-	pos   int   // offset of the next unparsed byte
-	marks []int // start and end offset of each argument read so far
+	argc      int   // declared arguments, or -1 before the header is read
+	pos       int   // offset of the next unparsed byte
+	bulk      int   // declared length of the argument being read, -1 before its header
+	need      int   // bytes of the command the next step needs buffered, when known
+	canonical bool  // every line so far ends in CRLF and every argument in CRLF
+	marks     []int // start and end offset of each argument read so far
 
-	args   [][]byte
-	inline []byte // RESP form of the last inline request
+	args    [][]byte
+	enc     []byte   // canonical form of the last inline or non-canonical request
+	encArgs [][]byte // its arguments
 }
 
 // NewRequestReader returns a reader of commands from rd under the given limits.
 func NewRequestReader(rd io.Reader, limits Limits) *RequestReader {
-	return &RequestReader{rd: rd, limits: limits, buf: make([]byte, initialBuf), argc: -1}
+	return &RequestReader{rd: rd, limits: limits, buf: make([]byte, initialBuf), argc: -1, bulk: -1}
 }
 
 // SetLimits changes the limits for the next command, for example once a client
 // has authenticated.
 func (r *RequestReader) SetLimits(l Limits) { r.limits = l }
 
+// SetBudget makes the reader account its buffer in b and wait on it before
+// reading.
+func (r *RequestReader) SetBudget(b Budget) {
+	r.budget = b
+	b.Add(int64(len(r.buf)))
+}
+
+// Close returns the buffer's accounting to the budget.
+func (r *RequestReader) Close() {
+	if r.budget != nil {
+		r.budget.Add(-int64(len(r.buf)))
+		r.budget = nil
+	}
+	r.buf = nil
+}
+
+// Buffered reports how many bytes were read and not yet returned as commands.
+func (r *RequestReader) Buffered() int { return r.end - r.start }
+
 // Read returns the next command. It returns a *ProtocolError for malformed
-// input and the reader's error (io.EOF on a clean close) when the stream ends.
+// input, the budget's error, or the reader's error (io.EOF on a clean close)
+// when the stream ends.
 func (r *RequestReader) Read() (Command, error) {
 	for {
 		cmd, ok, err := r.parse()
@@ -82,20 +152,26 @@ func (r *RequestReader) Read() (Command, error) {
 }
 
 // fill reads more bytes, first making room: it moves the partial command to
-// the front, doubles a full buffer, and drops one that grew huge and is idle.
+// the front, grows a full buffer (to the exact size a big argument needs),
+// and drops one that grew huge and is idle.
 func (r *RequestReader) fill() error {
+	if r.budget != nil {
+		if err := r.budget.Wait(); err != nil {
+			return err
+		}
+	}
 	if r.start == r.end && len(r.buf) > 4*initialBuf {
-		r.buf = make([]byte, initialBuf)
-		r.start, r.end = 0, 0
+		r.resize(initialBuf)
 	}
 	if r.start > 0 {
 		n := copy(r.buf, r.buf[r.start:r.end])
 		r.start, r.end = 0, n
 	}
-	if r.end == len(r.buf) {
-		grown := make([]byte, 2*len(r.buf))
-		copy(grown, r.buf[:r.end])
-		r.buf = grown
+	switch {
+	case r.need >= bigArg && r.need > len(r.buf):
+		r.resize(r.need + bigSlack)
+	case r.end == len(r.buf):
+		r.resize(max(2*len(r.buf), r.need))
 	}
 	n, err := r.rd.Read(r.buf[r.end:])
 	r.end += n
@@ -108,123 +184,261 @@ func (r *RequestReader) fill() error {
 	return err
 }
 
+// resize moves the buffered bytes to a buffer of size n (n >= r.end-r.start).
+func (r *RequestReader) resize(n int) {
+	grown := make([]byte, n)
+	m := copy(grown, r.buf[r.start:r.end])
+	if r.budget != nil {
+		r.budget.Add(int64(n - len(r.buf)))
+	}
+	r.buf, r.start, r.end = grown, 0, m
+}
+
 // parse tries to take one command from the buffer.
 func (r *RequestReader) parse() (Command, bool, error) {
+	r.need = 0
 	for r.start < r.end {
+		var cmd Command
+		var ok bool
+		var err error
 		if r.argc < 0 && r.buf[r.start] != '*' {
-			cmd, ok, err := r.parseInline()
-			if ok && len(cmd.Args) == 0 {
-				continue // an empty line is no command
-			}
+			cmd, ok, err = r.parseInline()
+		} else {
+			cmd, ok, err = r.parseMultibulk()
+		}
+		if err != nil || !ok {
 			return cmd, ok, err
 		}
-		cmd, ok, err := r.parseMultibulk()
-		if ok && len(cmd.Args) == 0 {
-			continue // "*0" or "*-1": Redis ignores it
+		if len(cmd.Args) > 0 {
+			return cmd, true, nil
 		}
-		return cmd, ok, err
+		// An empty line, "*0" or "*-1": Redis ignores it.
 	}
 	return Command{}, false, nil
 }
 
-// line returns the offset, relative to start, just past the next "\r\n" at
-// or after off, or -1 when the line has not arrived yet.
-func (r *RequestReader) line(off int) int {
-	b := r.buf[r.start+off : r.end]
-	for i, c := range b {
-		if c == '\n' {
-			return off + i + 1
+// indexCR returns the offset of the first '\r' in b at or after from, or -1.
+// Like Redis's strchr on its query buffer, the search stops at a NUL byte:
+// a line with a NUL before its CR never ends.
+func indexCR(b []byte, from int) int {
+	for i := from; i < len(b); i++ {
+		switch b[i] {
+		case '\r':
+			return i
+		case 0:
+			return -1
 		}
 	}
 	return -1
 }
 
 func (r *RequestReader) parseMultibulk() (Command, bool, error) {
+	b := r.buf[r.start:r.end]
 	if r.argc < 0 {
-		eol := r.line(1)
-		if eol < 0 {
-			if r.end-r.start > maxHeader {
+		cr := indexCR(b, 0)
+		if cr < 0 {
+			if len(b) > maxHeader {
 				return Command{}, false, protoErr("too big mbulk count string")
 			}
 			return Command{}, false, nil
 		}
-		n, ok := parseCount(r.buf[r.start+1 : r.start+eol])
-		if !ok || n > r.limits.MaxArgs {
+		if cr+2 > len(b) {
+			return Command{}, false, nil // Redis waits for the byte after CR, whatever it is
+		}
+		n, ok := string2ll(b[1:cr])
+		switch {
+		case !ok || n > maxInt32 || n > int64(r.limits.MaxArgs):
 			return Command{}, false, protoErr("invalid multibulk length")
+		case n > unauthMaxArgs && r.limits.Unauthenticated:
+			return Command{}, false, protoErr("unauthenticated multibulk length")
 		}
 		if n <= 0 {
-			r.start += eol
+			r.start += cr + 2
 			return Command{}, true, nil
 		}
-		r.argc, r.pos, r.marks = n, eol, r.marks[:0]
+		r.argc, r.pos, r.bulk, r.marks = int(n), cr+2, -1, r.marks[:0]
+		r.canonical = b[cr+1] == '\n'
 	}
 	for len(r.marks)/2 < r.argc {
-		if r.start+r.pos >= r.end {
-			return Command{}, false, nil
-		}
-		if c := r.buf[r.start+r.pos]; c != '$' {
-			return Command{}, false, protoErr("expected '$', got '" + string(c) + "'")
-		}
-		eol := r.line(r.pos + 1)
-		if eol < 0 {
-			if r.end-(r.start+r.pos) > maxHeader {
-				return Command{}, false, protoErr("too big bulk count string")
+		if r.bulk < 0 {
+			cr := indexCR(b, r.pos)
+			if cr < 0 {
+				if len(b)-r.pos > maxHeader {
+					return Command{}, false, protoErr("too big bulk count string")
+				}
+				return Command{}, false, nil
 			}
+			if cr+2 > len(b) {
+				return Command{}, false, nil
+			}
+			if c := b[r.pos]; c != '$' {
+				if c == '\r' || c == '\n' {
+					c = ' ' // Redis maps CR and LF in error texts to spaces
+				}
+				return Command{}, false, protoErr("expected '$', got '" + string(c) + "'")
+			}
+			n, ok := string2ll(b[r.pos+1 : cr])
+			switch {
+			case !ok || n < 0 || n > int64(r.limits.MaxBulk):
+				return Command{}, false, protoErr("invalid bulk length")
+			case n > unauthMaxBulk && r.limits.Unauthenticated:
+				return Command{}, false, protoErr("unauthenticated bulk length")
+			}
+			if b[cr+1] != '\n' {
+				r.canonical = false
+			}
+			r.pos, r.bulk = cr+2, int(n)
+		}
+		if len(b)-r.pos < r.bulk+2 {
+			r.need = r.pos + r.bulk + 2
 			return Command{}, false, nil
 		}
-		n, ok := parseCount(r.buf[r.start+r.pos+1 : r.start+eol])
-		if !ok || n < 0 || n > r.limits.MaxBulk {
-			return Command{}, false, protoErr("invalid bulk length")
+		// Redis does not look at the two bytes after an argument: it
+		// skips them whatever they are.
+		if b[r.pos+r.bulk] != '\r' || b[r.pos+r.bulk+1] != '\n' {
+			r.canonical = false
 		}
-		if r.start+eol+n+2 > r.end {
-			return Command{}, false, nil
-		}
-		if r.buf[r.start+eol+n] != '\r' || r.buf[r.start+eol+n+1] != '\n' {
-			return Command{}, false, protoErr("invalid bulk length")
-		}
-		r.marks = append(r.marks, eol, eol+n)
-		r.pos = eol + n + 2
+		r.marks = append(r.marks, r.pos, r.pos+r.bulk)
+		r.pos += r.bulk + 2
+		r.bulk = -1
 	}
-	raw := r.buf[r.start : r.start+r.pos]
+	raw := b[:r.pos:r.pos]
 	r.args = r.args[:0]
 	for i := 0; i < len(r.marks); i += 2 {
 		r.args = append(r.args, raw[r.marks[i]:r.marks[i+1]])
 	}
-	r.start += r.pos
+	consumed := r.pos
 	r.argc, r.pos = -1, 0
-	return Command{Raw: raw, Args: r.args}, true, nil
+	if !r.canonical {
+		r.start += consumed
+		return r.encode(r.args), true, nil
+	}
+	cmd := Command{Raw: raw, Args: r.args}
+	if len(raw) >= bigArg && r.end-(r.start+consumed) <= initialBuf {
+		// Hand the buffer over with the command, and start a new one for
+		// what follows it: a big request is then never copied.
+		rest := r.buf[r.start+consumed : r.end]
+		if r.budget != nil {
+			r.budget.Add(-int64(len(r.buf)))
+		}
+		r.buf = make([]byte, initialBuf)
+		if r.budget != nil {
+			r.budget.Add(initialBuf)
+		}
+		r.start, r.end = 0, copy(r.buf, rest)
+		cmd.Owned = true
+		return cmd, true, nil
+	}
+	r.start += consumed
+	return cmd, true, nil
 }
 
-// parseCount parses the number after '*' or '$' up to the line's "\r\n".
-func parseCount(b []byte) (int, bool) {
-	if len(b) < 2 || b[len(b)-2] != '\r' {
-		return 0, false
+// encode returns args as a command in canonical form, in the reader's own
+// buffer, with Args pointing into it.
+func (r *RequestReader) encode(args [][]byte) Command {
+	enc := appendCommand(r.enc[:0], args)
+	if cap(r.enc) > 4*initialBuf && cap(enc) == cap(r.enc) && len(enc) < initialBuf {
+		enc = appendCommand(make([]byte, 0, initialBuf), args) // do not keep a huge one
 	}
-	return parseDecimal(b[:len(b)-2], 10)
+	r.enc = enc
+	raw := enc[:len(enc):len(enc)]
+	out := r.encArgs[:0]
+	off := headerLen(len(args))
+	for _, a := range args {
+		off += headerLen(len(a))
+		out = append(out, raw[off:off+len(a)])
+		off += len(a) + 2
+	}
+	r.encArgs = out
+	return Command{Raw: raw, Args: out}
+}
+
+// headerLen is the length of "$<n>\r\n" (or "*<n>\r\n").
+func headerLen(n int) int {
+	d := 1
+	for ; n >= 10; n /= 10 {
+		d++
+	}
+	return d + 3
 }
 
 func (r *RequestReader) parseInline() (Command, bool, error) {
-	eol := r.line(0)
-	if eol < 0 {
-		if r.end-r.start > r.limits.MaxInlineLen {
+	b := r.buf[r.start:r.end]
+	nl := -1
+	for i, c := range b {
+		if c == '\n' {
+			nl = i
+			break
+		}
+		if c == 0 {
+			break // Redis's strchr stops here: this line never ends
+		}
+	}
+	if nl < 0 {
+		if len(b) > r.limits.MaxInlineLen {
 			return Command{}, false, protoErr("too big inline request")
 		}
 		return Command{}, false, nil
 	}
-	line := r.buf[r.start : r.start+eol-1]
-	if n := len(line); n > 0 && line[n-1] == '\r' {
-		line = line[:n-1]
-	}
-	if len(line) > r.limits.MaxInlineLen {
-		return Command{}, false, protoErr("too big inline request")
+	line := b[:nl]
+	if nl > 0 && line[nl-1] == '\r' {
+		line = line[:nl-1]
 	}
 	args, ok := splitArgs(line)
 	if !ok {
 		return Command{}, false, protoErr("unbalanced quotes in request")
 	}
-	r.start += eol
-	r.inline = appendCommand(r.inline[:0], args)
-	return Command{Raw: r.inline, Args: args}, true, nil
+	r.start += nl + 1
+	if len(args) == 0 {
+		return Command{}, true, nil
+	}
+	return r.encode(args), true, nil
+}
+
+// string2ll parses a decimal integer exactly as Redis's string2ll does: no
+// sign but a leading '-', no leading zeros, no spaces, fewer than 21 bytes,
+// within int64.
+func string2ll(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) >= 21 {
+		return 0, false
+	}
+	if len(b) == 1 && b[0] == '0' {
+		return 0, true
+	}
+	neg := b[0] == '-'
+	if neg {
+		b = b[1:]
+		if len(b) == 0 {
+			return 0, false
+		}
+	}
+	if b[0] < '1' || b[0] > '9' {
+		return 0, false
+	}
+	var v uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		if v > (1<<64-1)/10 {
+			return 0, false
+		}
+		v *= 10
+		if v > 1<<64-1-uint64(c-'0') {
+			return 0, false
+		}
+		v += uint64(c - '0')
+	}
+	if neg {
+		if v > 1<<63 {
+			return 0, false
+		}
+		return -int64(v), true
+	}
+	if v > 1<<63-1 {
+		return 0, false
+	}
+	return int64(v), true
 }
 
 // AppendCommand appends args as a RESP multibulk request.

@@ -65,7 +65,14 @@ func TestRequestReaderProtocolErrors(t *testing.T) {
 		"*1\r\n+GET\r\n":                       "Protocol error: expected '$', got '+'",
 		"*1\r\n$9\r\n":                         "Protocol error: invalid bulk length",
 		"*1\r\n$-1\r\n":                        "Protocol error: invalid bulk length",
-		"*1\r\n$3\r\nGETX\r\n":                 "Protocol error: invalid bulk length",
+		"*01\r\n":                              "Protocol error: invalid multibulk length",
+		"*+1\r\n":                              "Protocol error: invalid multibulk length",
+		"*-0\r\n":                              "Protocol error: invalid multibulk length",
+		"* 1\r\n":                              "Protocol error: invalid multibulk length",
+		"*1\r\n$01\r\na\r\n":                   "Protocol error: invalid bulk length",
+		"*1\r\n$-0\r\n":                        "Protocol error: invalid bulk length",
+		"*1\r\n$+1\r\na\r\n":                   "Protocol error: invalid bulk length",
+		"*1\r\n\r\n":                           "Protocol error: expected '$', got ' '",
 		"SET a \"b\r\n":                        "Protocol error: unbalanced quotes in request",
 		"SET a \"b\"c\r\n":                     "Protocol error: unbalanced quotes in request",
 		strings.Repeat("a", 40):                "Protocol error: too big inline request",
@@ -152,13 +159,17 @@ func TestRequestReaderRandomSplits(t *testing.T) {
 }
 
 // FuzzRequestReader checks that any input, read in any chunk size, never
-// panics and parses to the same commands as read whole.
+// panics, parses to the same commands as read whole, and that every command
+// funnel would forward is canonical: its Raw is exactly the encoding of its
+// arguments, so Redis parses it the same way.
 func FuzzRequestReader(f *testing.F) {
 	f.Add([]byte("*2\r\n$3\r\nGET\r\n$1\r\nk\r\nPING\r\n"), uint8(3))
 	f.Add([]byte("SET a \"\\x41b\" 'c'\n*1\r\n$4\r\nPING\r\n"), uint8(1))
 	f.Add([]byte("*1\r\n$-1\r\n"), uint8(2))
+	f.Add([]byte("*1\rX$3\rYGETab*01\r\n"), uint8(4))
+	f.Add([]byte("*2\r\n$4\r\nPING\r\n$-0\r\n"), uint8(5))
 	f.Fuzz(func(t *testing.T, data []byte, step uint8) {
-		whole, _, errW := readAll(t, bytes.NewReader(data), DefaultLimits)
+		whole, wholeRaw, errW := readAll(t, bytes.NewReader(data), DefaultLimits)
 		rng := rand.New(rand.NewSource(int64(step)))
 		split, _, errS := readAll(t, &randomChunks{data: data, rng: rng}, DefaultLimits)
 		if len(whole) != len(split) {
@@ -168,6 +179,122 @@ func FuzzRequestReader(f *testing.F) {
 			if strings.Join(whole[i], "\x00|") != strings.Join(split[i], "\x00|") {
 				t.Fatalf("cmd %d differs", i)
 			}
+			var args [][]byte
+			for _, a := range whole[i] {
+				args = append(args, []byte(a))
+			}
+			if wholeRaw[i] != string(AppendCommand(nil, args...)) {
+				t.Fatalf("cmd %d: raw %q is not the canonical form of %q", i, wholeRaw[i], whole[i])
+			}
 		}
 	})
+}
+
+// TestRequestReaderAcceptsWhatRedisAccepts covers inputs Redis parses though
+// they are not canonical RESP: it does not look at the byte after a CR, nor
+// at the two bytes after an argument. Funnel accepts them too and forwards
+// the canonical form.
+func TestRequestReaderAcceptsWhatRedisAccepts(t *testing.T) {
+	cases := []struct{ in, raw string }{
+		{"*1\rX$4\r\nPING\r\n", "*1\r\n$4\r\nPING\r\n"},
+		{"*1\r\n$4\rXPING\r\n", "*1\r\n$4\r\nPING\r\n"},
+		{"*2\r\n$3\r\nGETxx$1\r\nk\r\n", "*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"},
+		{"*-5\r\n*1\r\n$4\r\nPING\r\n", "*1\r\n$4\r\nPING\r\n"},
+		{"*1\r\n$0\r\n\r\n", "*1\r\n$0\r\n\r\n"},
+	}
+	for _, c := range cases {
+		_, raws, err := readAll(t, strings.NewReader(c.in), DefaultLimits)
+		if err != io.EOF || len(raws) != 1 || raws[0] != c.raw {
+			t.Errorf("%q: got %q, %v; want %q", c.in, raws, err, c.raw)
+		}
+	}
+}
+
+// TestRequestReaderIncomplete covers inputs Redis keeps waiting on: a NUL
+// before a line's end means the line never ends (strchr stops there), and
+// nothing is decided before the CR of a header line arrives.
+func TestRequestReaderIncomplete(t *testing.T) {
+	for _, in := range []string{"PING\x00\r\n", "*1\x00\r\n", "*1\r\n$4\x00\r\nPING\r\n", "*1\r\nX", "*1\r", "*1\r\n$4\r\nPING\r"} {
+		cmds, _, err := readAll(t, strings.NewReader(in), DefaultLimits)
+		if err != io.EOF || len(cmds) != 0 {
+			t.Errorf("%q: got %q, %v; want nothing yet", in, cmds, err)
+		}
+	}
+}
+
+// TestRequestReaderUnauthenticated checks Redis's limits before AUTH.
+func TestRequestReaderUnauthenticated(t *testing.T) {
+	l := DefaultLimits
+	l.Unauthenticated = true
+	for in, want := range map[string]string{
+		"*11\r\n":                   "Protocol error: unauthenticated multibulk length",
+		"*1\r\n$16385\r\n":          "Protocol error: unauthenticated bulk length",
+		"*1\r\n$99999999999\r\n":    "Protocol error: invalid bulk length",
+		"*2147483648\r\n":           "Protocol error: invalid multibulk length",
+		"*99999999999999999999\r\n": "Protocol error: invalid multibulk length",
+	} {
+		_, _, err := readAll(t, strings.NewReader(in), l)
+		if err == nil || err.Error() != want {
+			t.Errorf("%q: got %v, want %q", in, err, want)
+		}
+	}
+	if cmds, _, err := readAll(t, strings.NewReader("*10\r\n"+strings.Repeat("$1\r\na\r\n", 10)), l); err != io.EOF || len(cmds) != 1 {
+		t.Errorf("10 arguments: %v %v", cmds, err)
+	}
+}
+
+// TestRequestReaderOwnsBigRequests checks that a large argument is read into
+// a buffer of its own size and handed over, never copied, and that what
+// follows it in the stream is still read.
+func TestRequestReaderOwnsBigRequests(t *testing.T) {
+	big := bytes.Repeat([]byte("v"), 1<<20)
+	stream := AppendCommand(nil, []byte("SET"), []byte("k"), big, []byte("EX"), []byte("10"))
+	stream = AppendCommand(stream, []byte("PING"))
+	r := NewRequestReader(&randomChunks{data: stream, rng: rand.New(rand.NewSource(2))}, DefaultLimits)
+	cmd, err := r.Read()
+	if err != nil || !cmd.Owned || len(cmd.Args) != 5 || !bytes.Equal(cmd.Args[2], big) {
+		t.Fatalf("first: owned=%v args=%d err=%v", cmd.Owned, len(cmd.Args), err)
+	}
+	if cap(cmd.Raw) > len(big)+2*bigSlack+64 {
+		t.Errorf("buffer of %d bytes for a %d-byte request", cap(cmd.Raw), len(cmd.Raw))
+	}
+	kept := cmd.Raw
+	next, err := r.Read()
+	if err != nil || string(next.Args[0]) != "PING" {
+		t.Fatalf("second: %q %v", next.Args, err)
+	}
+	if !bytes.Equal(kept, stream[:len(kept)]) {
+		t.Error("the owned request was overwritten by the next read")
+	}
+}
+
+func TestString2ll(t *testing.T) {
+	for in, want := range map[string]bool{
+		"0": true, "1": true, "-1": true, "9223372036854775807": true, "-9223372036854775808": true,
+		"": false, "-": false, "-0": false, "00": false, "01": false, "+1": false, " 1": false, "1 ": false,
+		"9223372036854775808": false, "-9223372036854775809": false, "1a": false,
+	} {
+		if _, ok := string2ll([]byte(in)); ok != want {
+			t.Errorf("string2ll(%q) ok = %v, want %v", in, ok, want)
+		}
+	}
+}
+
+// TestCommandRebase checks that a copy of a command's bytes gives the same
+// arguments, for multibulk, inline and re-encoded requests.
+func TestCommandRebase(t *testing.T) {
+	r := NewRequestReader(strings.NewReader("*2\r\n$3\r\nGET\r\n$1\r\nk\r\nSET a 'b c'\r\n*1\rX$4\r\nPING\r\n"), DefaultLimits)
+	for {
+		cmd, err := r.Read()
+		if err != nil {
+			break
+		}
+		raw := append([]byte(nil), cmd.Raw...)
+		args := cmd.Rebase(raw, nil)
+		for i := range args {
+			if !bytes.Equal(args[i], cmd.Args[i]) || &args[i][0] != &raw[cap(raw)-cap(args[i])] {
+				t.Errorf("%q: arg %d rebased to %q", cmd.Raw, i, args[i])
+			}
+		}
+	}
 }

@@ -1,0 +1,58 @@
+package proxy
+
+// closeReason is why funnel closed a client. Its String is the label of
+// funnel_client_connections_closed_total and the reason in the log line.
+type closeReason uint8
+
+const (
+	notClosed               closeReason = iota
+	closedByClient                      // the client hung up (EOF or reset)
+	closedQuit                          // QUIT
+	closedProtocol                      // a malformed request, answered with Redis's protocol error
+	closedCrossProtocol                 // a POST or Host: line: a browser was made to talk to funnel
+	closedOutputLimit                   // more than --client-output-limit of replies held for it
+	closedPubSubOutputLimit             // a subscriber whose messages piled up
+	closedPubSubUnconfirmed             // the upstream did not confirm its subscription
+	closedWriteTimeout                  // a reply write blocked past --client-write-timeout
+	closedWriteError                    // a reply write failed
+	closedMaxClients                    // --max-clients reached
+	closedShutdown                      // funnel is shutting down
+	closedPanic                         // a bug in funnel; only this client was closed
+	closedMemory                        // funnel stayed at --max-memory too long while it waited to read
+	numCloseReasons
+)
+
+var closeReasonNames = [numCloseReasons]string{
+	notClosed: "", closedByClient: "client_closed", closedQuit: "quit", closedProtocol: "protocol_error",
+	closedCrossProtocol: "cross_protocol", closedOutputLimit: "output_limit",
+	closedPubSubOutputLimit: "pubsub_output_limit", closedPubSubUnconfirmed: "pubsub_unconfirmed",
+	closedWriteTimeout: "write_timeout", closedWriteError: "write_error", closedMaxClients: "max_clients",
+	closedShutdown: "shutdown", closedPanic: "panic", closedMemory: "memory_limit",
+}
+
+func (c closeReason) String() string { return closeReasonNames[c] }
+
+// advice is what the log line tells the operator about a close that is not
+// the client's own doing; "" for the ordinary ones, which are logged at
+// debug level.
+func (c closeReason) advice() string {
+	switch c {
+	case closedOutputLimit:
+		return "the client did not read its replies; raise --client-output-limit if it reads big replies slowly on purpose"
+	case closedPubSubOutputLimit:
+		return "a subscriber did not keep up with its messages; make it read faster or publish less"
+	case closedPubSubUnconfirmed:
+		return "the upstream did not confirm a subscription in time; check the upstream's health"
+	case closedWriteTimeout:
+		return "a reply write blocked too long; the client stopped reading, or raise --client-write-timeout"
+	case closedCrossProtocol:
+		return "something sent HTTP to funnel (a browser page or a scanner); make sure funnel's port is not reachable from untrusted networks"
+	case closedPanic:
+		return "this is a bug in funnel: please report it with the stack logged above"
+	case closedMemory:
+		return "funnel stayed at --max-memory; raise it, or find the clients sending or reading huge values"
+	case closedProtocol:
+		return "the client sent bytes that are not RESP; check its Redis library"
+	}
+	return ""
+}

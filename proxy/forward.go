@@ -1,0 +1,92 @@
+package proxy
+
+import (
+	"github.com/funnel-proxy/funnel/command"
+	"github.com/funnel-proxy/funnel/pool"
+)
+
+// forwardShared sends a command on a shared connection: from the cache or
+// an identical read in flight when it may be, else upstream, in the
+// client's order.
+func (s *session) forwardShared(r *request) {
+	if s.windowFull() {
+		s.offload(func() {
+			if !s.awaitProgress(func() bool { return !s.windowFull() }, nil) {
+				r.Complete(nil, errSessionClosed)
+				return
+			}
+			s.forwardShared(r)
+		})
+		return
+	}
+	r.cancellable = r.info != nil && r.info.Has(command.ReadOnly)
+	if s.tryCache(r) {
+		return
+	}
+	s.beginWrite(r, r.info, r.args)
+	s.send(r)
+}
+
+// send sends r upstream on the connection the ordering rule allows.
+func (s *session) send(r *request) {
+	c := s.nextConn(r)
+	s.countUpstream(r, 1)
+	s.submit(c, r)
+}
+
+// countUpstream marks r as going upstream as n commands, and counts them:
+// that is the bill.
+func (s *session) countUpstream(r *request, n int) {
+	r.upstream = true
+	r.counters.Upstream(n)
+	s.srv.metrics.InFlight.Inc()
+}
+
+// submit queues r on c. The reader never waits for room in a connection's
+// queue: if it is full, the wait moves to the resumer.
+func (s *session) submit(c *pool.Conn, r *request) {
+	if s.resuming {
+		s.pool.Submit(s.ctx(), c, &r.Request)
+		return
+	}
+	if !s.pool.TrySubmit(c, &r.Request) {
+		p := s.pool
+		s.offload(func() { p.Submit(s.ctx(), c, &r.Request) })
+	}
+}
+
+// nextConn returns the connection r must go on and counts r in flight: the
+// client's exclusive connection if it holds one; else, while any of its
+// requests are in flight, the connection they are on; else any shared one,
+// since Redis has already answered everything the client sent before.
+func (s *session) nextConn(r *request) *pool.Conn {
+	n := s.upInFlight.Add(1)
+	switch {
+	case s.lease != nil:
+		r.lease = s.lease
+		return s.lease.conn
+	case n == 1 || s.sticky == nil:
+		s.sticky, s.stickyLease = s.pool.Pick(), nil
+	default:
+		r.lease = s.stickyLease
+	}
+	return s.sticky
+}
+
+// forwardAdmin sends SCRIPT KILL or FUNCTION KILL on a connection of its
+// own: the script it should stop holds a shared connection busy, and
+// anything queued there waits for the script to end. The client's earlier
+// commands are answered first, as Redis would have run them first.
+func (s *session) forwardAdmin(r *request) {
+	s.offload(func() {
+		if !s.waitIdle() {
+			r.Complete(nil, errSessionClosed)
+			return
+		}
+		c := s.pool.NewAdminConn()
+		r.oneShot = c
+		s.upInFlight.Add(1)
+		s.countUpstream(r, 1)
+		s.pool.Submit(s.ctx(), c, &r.Request)
+	})
+}

@@ -1,0 +1,78 @@
+package resp
+
+import "bytes"
+
+// The few replies funnel must read rather than forward (pub/sub messages,
+// PUBLISH counts, INFO text) are decoded here. Each function takes one whole
+// reply, as ReplyScanner delimits it.
+
+// FlatArray returns the elements of an array or push of bulk strings,
+// integers or simple strings, as their raw text: a pub/sub message or
+// confirmation. It returns nil for anything else.
+func FlatArray(raw []byte) [][]byte {
+	if len(raw) == 0 || (raw[0] != '*' && raw[0] != '>') {
+		return nil
+	}
+	i := bytes.Index(raw, crlf)
+	if i < 0 {
+		return nil
+	}
+	n, ok := parseLen(raw[1:i])
+	if !ok || n < 0 {
+		return nil
+	}
+	raw = raw[i+2:]
+	out := make([][]byte, 0, n)
+	for ; n > 0; n-- {
+		j := bytes.Index(raw, crlf)
+		if j < 1 {
+			return nil
+		}
+		switch raw[0] {
+		case '$':
+			l, ok := parseLen(raw[1:j])
+			if !ok || l < 0 || j+4+l > len(raw) {
+				return nil
+			}
+			out = append(out, raw[j+2:j+2+l])
+			raw = raw[j+4+l:]
+		case ':', '+':
+			out = append(out, raw[1:j])
+			raw = raw[j+2:]
+		default:
+			return nil
+		}
+	}
+	return out
+}
+
+var crlf = []byte("\r\n")
+
+// Int returns the value of an integer reply.
+func Int(raw []byte) (int64, bool) {
+	if len(raw) < 4 || raw[0] != ':' || !bytes.HasSuffix(raw, crlf) {
+		return 0, false
+	}
+	n, ok := parseDecimal(raw[1:len(raw)-2], 19)
+	return int64(n), ok
+}
+
+// Text returns the text of a bulk string (RESP2) or verbatim string (RESP3)
+// reply, such as INFO's; ok is false for any other reply.
+func Text(raw []byte) (body []byte, ok bool) {
+	if len(raw) == 0 || (raw[0] != '$' && raw[0] != '=') {
+		return nil, false
+	}
+	i := bytes.Index(raw, crlf)
+	if i < 0 || len(raw) < i+4 {
+		return nil, false
+	}
+	body = raw[i+2 : len(raw)-2]
+	if raw[0] == '=' && len(body) >= 4 {
+		body = body[4:] // the format, "txt:"
+	}
+	return body, true
+}
+
+// IsError reports whether raw is an error reply (simple or RESP3 blob).
+func IsError(raw []byte) bool { return len(raw) > 0 && (raw[0] == '-' || raw[0] == '!') }
