@@ -153,6 +153,7 @@ func (s *session) tryCache(r *request) bool {
 		// r completes with the leader's reply.
 	default:
 		r.flight = lead
+		r.cancellable = false // others may join it
 		s.submit(s.sticky, r)
 	}
 	return true

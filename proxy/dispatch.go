@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"time"
+
 	"github.com/funnel-proxy/funnel/resp"
 )
 
@@ -124,29 +126,62 @@ func (s *session) waitIdle() bool {
 	return s.awaitProgress(func() bool { return s.upInFlight.Load() == 0 }, nil)
 }
 
-// initialWindow is how many requests a client may have in flight before
-// any of its replies has come back and shown their size.
-const initialWindow = 32
-
-// window is how many requests the client may have in flight upstream: as
-// many as Options.MaxPipeline, but only so many that the replies still to
-// come, at the client's average reply size, fit in its output limit with
-// what is already held. A client that pipelines a thousand reads of a huge
-// value and never reads its replies therefore pulls little from the
-// upstream before its limit closes it, and other clients' replies on the
-// same connection are not held up behind gigabytes.
-func (s *session) window() int64 {
-	avg := s.avgReply.Load()
-	if avg == 0 {
-		return initialWindow
+// admitted reports whether the client may send one more request upstream
+// now. Replies still to come count against the limits, at the client's
+// average reply size: against its output limit (one request beyond it is
+// let through, whose reply then closes a client that does not read), and
+// against funnel's memory limit with every other client's held and
+// expected bytes. A client holding nothing, with nothing in flight, is
+// always admitted, so nobody starves behind the clients that hold memory.
+// Until its first reply shows their size, a client has one request in
+// flight at a time. So a client that pipelines a thousand reads of a huge
+// value and never reads pulls little from the upstream, and other clients'
+// replies on the same connection are not held up behind gigabytes.
+func (s *session) admitted() bool {
+	inflight, held := s.upInFlight.Load(), s.pendingOut.Load()
+	if inflight == 0 && held == 0 {
+		return true
 	}
-	room := (s.srv.opts.ClientOutputLimit - s.pendingOut.Load()) / avg
-	return max(1, min(room, int64(s.srv.opts.MaxPipeline)))
+	avg := s.avgReply.Load()
+	switch {
+	case avg == 0:
+		return inflight == 0
+	case held+inflight*avg > s.srv.opts.ClientOutputLimit:
+		return false
+	}
+	return s.srv.mem.roomFor(avg)
 }
 
-// windowFull reports whether the client must wait before sending another
-// request upstream.
-func (s *session) windowFull() bool { return s.upInFlight.Load() >= s.window() }
+// awaitAdmission waits, on the resumer, until the client is admitted. A
+// client kept out by funnel's memory limit for memoryWait is closed: it
+// holds replies it does not read while others need the memory. It reports
+// false if the session died.
+func (s *session) awaitAdmission() bool {
+	timer := time.NewTimer(memoryWait)
+	defer timer.Stop()
+	for !s.admitted() {
+		freed, done := s.srv.mem.freedChan()
+		s.waitingProgress.Store(true)
+		if s.admitted() {
+			done()
+			break
+		}
+		select {
+		case <-s.progress:
+		case <-freed:
+		case <-s.dead:
+			done()
+			return false
+		case <-timer.C:
+			done()
+			s.kill(closedMemory)
+			return false
+		}
+		done()
+	}
+	s.waitingProgress.Store(false)
+	return true
+}
 
 func isQuit(name []byte) bool { return len(name) == 4 && equalFold(name, "quit") }
 

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"context"
+
 	"github.com/funnel-proxy/funnel/command"
 	"github.com/funnel-proxy/funnel/pool"
 )
@@ -9,9 +11,9 @@ import (
 // an identical read in flight when it may be, else upstream, in the
 // client's order.
 func (s *session) forwardShared(r *request) {
-	if s.windowFull() {
+	if !s.admitted() {
 		s.offload(func() {
-			if !s.awaitProgress(func() bool { return !s.windowFull() }, nil) {
+			if !s.awaitAdmission() {
 				r.Complete(nil, errSessionClosed)
 				return
 			}
@@ -20,6 +22,9 @@ func (s *session) forwardShared(r *request) {
 		return
 	}
 	r.cancellable = r.info != nil && r.info.Has(command.ReadOnly)
+	if r.info != nil && (r.info.Name == "publish" || r.info.Name == "spublish") {
+		r.adjust = adjustPublish
+	}
 	if s.tryCache(r) {
 		return
 	}
@@ -35,23 +40,34 @@ func (s *session) send(r *request) {
 }
 
 // countUpstream marks r as going upstream as n commands, and counts them:
-// that is the bill.
+// that is the bill. r reserves its client's average reply size in the
+// memory budget until its reply is in (see admitted).
 func (s *session) countUpstream(r *request, n int) {
 	r.upstream = true
 	r.counters.Upstream(n)
 	s.srv.metrics.InFlight.Inc()
+	if avg := s.avgReply.Load(); avg > 0 {
+		r.reserved = avg
+		s.srv.mem.reserve(avg)
+	}
 }
 
 // submit queues r on c. The reader never waits for room in a connection's
 // queue: if it is full, the wait moves to the resumer.
+// A read that leads a flight is sent even if its client leaves meanwhile:
+// other clients may have joined it.
 func (s *session) submit(c *pool.Conn, r *request) {
+	ctx := s.ctx()
+	if r.flight != nil {
+		ctx = context.Background()
+	}
 	if s.resuming {
-		s.pool.Submit(s.ctx(), c, &r.Request)
+		s.pool.Submit(ctx, c, &r.Request)
 		return
 	}
 	if !s.pool.TrySubmit(c, &r.Request) {
 		p := s.pool
-		s.offload(func() { p.Submit(s.ctx(), c, &r.Request) })
+		s.offload(func() { p.Submit(ctx, c, &r.Request) })
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/funnel-proxy/funnel/metrics"
+	"github.com/funnel-proxy/funnel/resp"
 )
 
 // memoryBudget bounds the bytes funnel holds for all clients together:
@@ -19,7 +20,10 @@ type memoryBudget struct {
 	limit   int64
 	used    *atomic.Int64 // metrics.Buffered, exported as funnel_buffered_bytes
 	metrics *metrics.Metrics
-	waiting atomic.Int32
+	// reserved is the bytes of replies still to come, as each request sent
+	// upstream reserves its client's average reply size (see admitted).
+	reserved atomic.Int64
+	waiting  atomic.Int32
 
 	mu    sync.Mutex
 	freed chan struct{} // closed when usage drops under the limit while someone waits
@@ -36,13 +40,42 @@ func newMemoryBudget(limit int64, m *metrics.Metrics) *memoryBudget {
 
 // add records n more bytes held (fewer, for n < 0).
 func (b *memoryBudget) add(n int64) {
-	used := b.used.Add(n)
-	if n < 0 && used <= b.limit && b.waiting.Load() > 0 {
-		b.mu.Lock()
-		close(b.freed)
-		b.freed = make(chan struct{})
-		b.mu.Unlock()
+	if used := b.used.Add(n); n < 0 && used <= b.limit {
+		b.wake()
 	}
+}
+
+// reserve records n more bytes of replies still to come (fewer, for n < 0).
+func (b *memoryBudget) reserve(n int64) {
+	if b.reserved.Add(n); n < 0 {
+		b.wake()
+	}
+}
+
+// roomFor reports whether n more bytes fit with what is held and reserved.
+func (b *memoryBudget) roomFor(n int64) bool {
+	return b.used.Load()+b.reserved.Load()+n <= b.limit
+}
+
+// wake tells the waiters that memory was freed.
+func (b *memoryBudget) wake() {
+	if b.waiting.Load() == 0 {
+		return
+	}
+	b.mu.Lock()
+	close(b.freed)
+	b.freed = make(chan struct{})
+	b.mu.Unlock()
+}
+
+// freedChan returns a channel closed the next time memory is freed; the
+// caller counts as waiting until it calls done.
+func (b *memoryBudget) freedChan() (ch <-chan struct{}, done func()) {
+	b.waiting.Add(1)
+	b.mu.Lock()
+	ch = b.freed
+	b.mu.Unlock()
+	return ch, func() { b.waiting.Add(-1) }
 }
 
 // wait returns once usage is under the limit, or errMemory after memoryWait,
@@ -52,22 +85,22 @@ func (b *memoryBudget) wait(dead <-chan struct{}) error {
 		return nil
 	}
 	b.metrics.MemoryWaits.Inc()
-	b.waiting.Add(1)
-	defer b.waiting.Add(-1)
 	timer := time.NewTimer(memoryWait)
 	defer timer.Stop()
 	for {
-		b.mu.Lock()
-		freed := b.freed
-		b.mu.Unlock()
+		freed, done := b.freedChan()
 		if b.used.Load() <= b.limit {
+			done()
 			return nil
 		}
 		select {
 		case <-freed:
+			done()
 		case <-dead:
+			done()
 			return nil
 		case <-timer.C:
+			done()
 			return errMemory
 		}
 	}
@@ -77,4 +110,21 @@ func (b *memoryBudget) wait(dead <-chan struct{}) error {
 type readerBudget struct{ s *session }
 
 func (rb readerBudget) Add(n int64) { rb.s.srv.mem.add(n) }
-func (rb readerBudget) Wait() error { return rb.s.srv.mem.wait(rb.s.dead) }
+
+// Wait holds back a reader while funnel is at its memory limit, unless its
+// client holds almost nothing: replies held and expected under lightClient,
+// and no partial request beyond the reader's first buffer. Reading such a
+// client costs one small buffer, so the clients that hold the memory are
+// the ones that wait, and a light client (a health check, a canary) is
+// still served.
+func (rb readerBudget) Wait() error {
+	s := rb.s
+	if s.pendingOut.Load()+s.upInFlight.Load()*s.avgReply.Load() < lightClient && s.reader.Size() <= resp.InitialBuffer {
+		return nil
+	}
+	return s.srv.mem.wait(s.dead)
+}
+
+// lightClient is how many reply bytes, held and expected, a client may have
+// and still be read while funnel is at its memory limit.
+const lightClient = 64 << 10

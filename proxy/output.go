@@ -289,9 +289,13 @@ func (o *output) writeLoop() {
 }
 
 // writeBlocking writes b, waiting for the client up to ClientWriteTimeout.
+// The deadline is cleared afterwards: the non-blocking writes that follow
+// would otherwise fail once it passed.
 func (o *output) writeBlocking(b []byte) bool {
 	_ = o.conn.SetWriteDeadline(time.Now().Add(o.s.srv.opts.ClientWriteTimeout))
-	if _, err := o.conn.Write(b); err != nil {
+	_, err := o.conn.Write(b)
+	_ = o.conn.SetWriteDeadline(time.Time{})
+	if err != nil {
 		o.writeFailed(err)
 		return false
 	}

@@ -44,6 +44,8 @@ type request struct {
 	cancellable bool
 	// blocked marks a blocking command counted in the server's blocked clients.
 	blocked bool
+	// reserved is what r reserved in the memory budget for its reply.
+	reserved int64
 	// suppress drops the reply (CLIENT REPLY OFF or SKIP).
 	suppress bool
 	// closeAfter closes the client once this reply is written.
@@ -236,6 +238,9 @@ func (r *request) finish(reply []byte, err error, share *sharedReply) (joiners [
 	}
 	if r.blocked {
 		srv.blockedClients.Add(-1)
+	}
+	if r.reserved > 0 {
+		srv.mem.reserve(-r.reserved)
 	}
 	if r.oneShot != nil {
 		r.oneShot.Close()

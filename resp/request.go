@@ -136,6 +136,12 @@ func (r *RequestReader) Close() {
 // Buffered reports how many bytes were read and not yet returned as commands.
 func (r *RequestReader) Buffered() int { return r.end - r.start }
 
+// Size reports the size of the reader's buffer.
+func (r *RequestReader) Size() int { return len(r.buf) }
+
+// InitialBuffer is the size of a reader's buffer until a request needs more.
+const InitialBuffer = initialBuf
+
 // Read returns the next command. It returns a *ProtocolError for malformed
 // input, the budget's error, or the reader's error (io.EOF on a clean close)
 // when the stream ends.
