@@ -7,6 +7,7 @@ package command
 
 import (
 	"bytes"
+	"sort"
 	"strconv"
 	"strings"
 )
@@ -118,6 +119,22 @@ func Known(name string) bool {
 		return info != nil
 	}
 	return info.Subcommands[sub] != nil
+}
+
+// All returns every command and every subcommand of the table, sorted by
+// name ("client" comes before "client|id"). Containers are included as
+// well as their subcommands. The Infos are the table's own: callers must not
+// change them.
+func All() []*Info {
+	var all []*Info
+	for _, info := range table {
+		all = append(all, info)
+		for _, sub := range info.Subcommands {
+			all = append(all, sub)
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].Name < all[j].Name })
+	return all
 }
 
 // CheckArity reports whether args satisfy the command's arity.

@@ -85,3 +85,24 @@ func TestLookupAndArity(t *testing.T) {
 		t.Fatal("SORT keys must be reported incomplete")
 	}
 }
+
+// TestAll checks that All lists each command and subcommand once, in order,
+// and that every entry is found again by Lookup.
+func TestAll(t *testing.T) {
+	all := All()
+	if len(all) < 200 {
+		t.Fatalf("All returned %d entries", len(all))
+	}
+	for i, info := range all {
+		if i > 0 && all[i-1].Name >= info.Name {
+			t.Fatalf("not sorted or duplicated: %q then %q", all[i-1].Name, info.Name)
+		}
+		var args [][]byte
+		for _, part := range strings.Split(info.Name, "|") {
+			args = append(args, []byte(part))
+		}
+		if got := Lookup(args); got != info {
+			t.Fatalf("Lookup(%q) = %v", info.Name, got)
+		}
+	}
+}

@@ -85,9 +85,9 @@ func waitBlocked(t testing.TB, f *funnel, n int) {
 	})
 }
 
-// replyKind names the kind of a raw reply: an error's code ("-ERR",
+// replyShape names the shape of a raw reply: an error's code ("-ERR",
 // "-WRONGTYPE"), else its type byte.
-func replyKind(reply string) string {
+func replyShape(reply string) string {
 	if strings.HasPrefix(reply, "-") {
 		code, _, _ := strings.Cut(strings.TrimSuffix(reply, "\r\n"), " ")
 		return code
@@ -165,7 +165,7 @@ func TestBlockingCommandsWithBadArguments(t *testing.T) {
 					continue
 				}
 				got, err := via.tryDo(5*time.Second, cmd...)
-				if err != nil || replyKind(got) != replyKind(want) {
+				if err != nil || replyShape(got) != replyShape(want) {
 					mu.Lock()
 					problems = append(problems, fmt.Sprintf("%q: funnel %q (%v), direct %q", cmd, short(got), err, short(want)))
 					mu.Unlock()
