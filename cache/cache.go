@@ -115,6 +115,8 @@ func New(maxBytes int64, maxValue int) *Cache {
 // how it leads a new one. Its methods run while the cache is locked and must
 // not block.
 type Reader interface {
+	// MayHit reports whether a stored reply may answer the reader now.
+	MayHit() bool
 	// CanJoin reports whether the reader may join a flight whose Owner is
 	// owner; when it returns true the reader counts as joined.
 	CanJoin(owner any) bool
@@ -143,12 +145,14 @@ func (c *Cache) Lookup(db int, cmd string, keys []string, ttl time.Duration, now
 	defer c.mu.Unlock()
 	k := cmdKey{db, cmd}
 	if e := c.entries[k]; e != nil {
-		if ttl > 0 && now.Before(e.expires) {
+		switch {
+		case ttl <= 0 || !now.Before(e.expires):
+			c.removeEntry(e)
+		case rd == nil || rd.MayHit():
 			c.lru.MoveToFront(e.elem)
 			c.stats.Hits++
 			return e.reply, false, nil
 		}
-		c.removeEntry(e)
 	}
 	if f := c.flights[k]; f != nil && rd != nil && c.validSince(db, f.keys, f.start) && rd.CanJoin(f.Owner) {
 		f.waiters = append(f.waiters, rd)

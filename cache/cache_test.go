@@ -11,6 +11,7 @@ var t0 = time.Unix(1000, 0)
 // reader is a test Reader that joins or not, as told.
 type reader struct{ join bool }
 
+func (r *reader) MayHit() bool     { return true }
 func (r *reader) CanJoin(any) bool { return r.join }
 func (r *reader) Lead() any        { return nil }
 

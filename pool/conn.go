@@ -86,6 +86,9 @@ type Conn struct {
 	queue chan *Request
 	// load counts requests submitted and not yet completed.
 	load atomic.Int64
+	// enqueued counts requests queued, raised after each one is in the
+	// queue (see Enqueued).
+	enqueued atomic.Uint64
 	// state is one of the state constants.
 	state atomic.Int32
 	// stop is closed to end an exclusive connection on its own; nil (never
@@ -120,6 +123,11 @@ func newConn(p *Pool, role Role, queueLen int) *Conn {
 // Load returns the number of requests submitted to c and not yet completed.
 func (c *Conn) Load() int64 { return c.load.Load() }
 
+// Enqueued counts the requests queued on c so far. It rises only once a
+// request is in the queue, so a request queued after Enqueued returned n
+// is written after the n-th: callers compare positions in c's order with it.
+func (c *Conn) Enqueued() uint64 { return c.enqueued.Load() }
+
 // Up reports whether c has a working connection now.
 func (c *Conn) Up() bool { return c.state.Load() == stateUp }
 
@@ -145,11 +153,13 @@ func (c *Conn) Submit(ctx context.Context, r *Request) {
 	c.load.Add(1)
 	select {
 	case c.queue <- r:
+		c.enqueued.Add(1)
 		return
 	default:
 	}
 	select {
 	case c.queue <- r:
+		c.enqueued.Add(1)
 	case <-ctx.Done():
 		c.complete(r, nil, &Error{Kind: Closed, Err: ctx.Err()})
 	case <-c.pool.closing:
@@ -163,6 +173,7 @@ func (c *Conn) TrySubmit(r *Request) bool {
 	c.load.Add(1)
 	select {
 	case c.queue <- r:
+		c.enqueued.Add(1)
 		return true
 	default:
 		c.load.Add(-1)

@@ -162,22 +162,43 @@ func (s *session) tryCache(r *request) bool {
 // cacheReader is a request as the cache's Reader.
 type cacheReader request
 
-// CanJoin lets a client join a read in flight only on the connection its own
-// in-flight commands are on, so its later commands still follow it. Joining
-// counts the request as the client's in flight there, like one of its own;
-// that is set up here, under the cache's lock, before the leader can
-// complete it.
+// MayHit lets a stored reply answer a client only when it has nothing in
+// flight. A reply answered now while earlier commands of the client still
+// run upstream would come before them in time though after them in order:
+// after GET k (in flight, it will read the write that comes next), a hit
+// for the second GET k would read from before that write.
+func (cr *cacheReader) MayHit() bool { return (*request)(cr).s.upInFlight.Load() == 0 }
+
+// flightOwner is where a flight's read went: its connection, and how many
+// requests had been queued there before it.
+type flightOwner struct {
+	conn *pool.Conn
+	seq  uint64
+}
+
+// CanJoin lets a client join a read in flight only where the read runs
+// after everything the client sent before: any flight when the client has
+// nothing in flight (the cache's own check, that no write to the keys
+// began since the flight's read was sent, makes its reply current), else
+// only a flight queued on the connection the client's commands are on,
+// after the last of them. So a pipelined GET k; GET k never gets, for the
+// second, a reply read before the first. Joining counts the request as the
+// client's in flight there, like one of its own; that is set up here,
+// under the cache's lock, before the leader can complete it.
 func (cr *cacheReader) CanJoin(owner any) bool {
 	r := (*request)(cr)
 	s := r.s
-	conn, _ := owner.(*pool.Conn)
-	if conn == nil || (s.upInFlight.Load() > 0 && conn != s.sticky) {
+	o, _ := owner.(flightOwner)
+	if o.conn == nil || s.upInFlight.Load() > 0 && (o.conn != s.sticky || o.conn != s.lastConn || o.seq < s.lastSeq) {
 		return false
 	}
 	r.route, r.upstream = routeJoined, true
 	s.srv.metrics.InFlight.Inc()
 	if s.upInFlight.Add(1) == 1 {
-		s.sticky, s.stickyLease = conn, nil
+		s.sticky, s.stickyLease = o.conn, nil
+		s.lastConn, s.lastSeq = o.conn, o.seq
+	} else {
+		s.lastSeq = max(s.lastSeq, o.seq)
 	}
 	return true
 }
@@ -187,7 +208,7 @@ func (cr *cacheReader) Lead() any {
 	r := (*request)(cr)
 	c := r.s.nextConn(r)
 	r.s.countUpstream(r, 1)
-	return c
+	return flightOwner{conn: c, seq: c.Enqueued()}
 }
 
 // beginWrite tells the cache about a command that may write, before it is

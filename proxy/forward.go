@@ -63,12 +63,18 @@ func (s *session) submit(c *pool.Conn, r *request) {
 	}
 	if s.resuming {
 		s.pool.Submit(ctx, c, &r.Request)
+		s.lastConn, s.lastSeq = c, c.Enqueued()
 		return
 	}
 	if !s.pool.TrySubmit(c, &r.Request) {
 		p := s.pool
-		s.offload(func() { p.Submit(ctx, c, &r.Request) })
+		s.offload(func() {
+			p.Submit(ctx, c, &r.Request)
+			s.lastConn, s.lastSeq = c, c.Enqueued()
+		})
+		return
 	}
+	s.lastConn, s.lastSeq = c, c.Enqueued()
 }
 
 // nextConn returns the connection r must go on and counts r in flight: the

@@ -271,9 +271,10 @@ func (s *session) usePool(p *pool.Pool, db, proto int) {
 // nothing in flight, so no command overtakes the switch, and asks the
 // upstream once per db, so an index out of range gets Redis's own answer.
 func cmdSelect(s *session, r *request) {
-	db, err := strconv.Atoi(string(r.args[1]))
+	n, ok := resp.ParseInt(r.args[1])
+	db := int(n)
 	switch {
-	case err != nil:
+	case !ok || n != int64(int32(n)):
 		r.completeLocal(resp.AppendError(nil, "ERR value is not an integer or out of range"))
 		return
 	case db < 0:
@@ -293,6 +294,9 @@ func cmdSelect(s *session, r *request) {
 			reply, err := s.srv.fetch(p, "select", r.Raw)
 			switch {
 			case err != nil && strings.Contains(err.Error(), "DB index is out of range"):
+				// A pool for a db that does not exist would only take a
+				// place among the few a funnel makes.
+				s.srv.dropPool(db, s.info.proto(), p)
 				r.completeLocal(resp.AppendError(nil, "ERR DB index is out of range"))
 				return
 			case err != nil:

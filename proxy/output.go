@@ -131,9 +131,12 @@ func (o *output) pop(r *request) {
 // ready is called after a request completed: it sends what is ready now,
 // or, with a batch, moves it to the buffer and leaves the write to the
 // batch's flush.
+//
+// While the session's reader is in a batch (see session.batching), nothing
+// is written: the reader writes once at the batch's end.
 func (o *output) ready(batch *pool.Batch) {
 	if batch == nil {
-		o.kick(true)
+		o.kick(!o.s.batching.Load())
 		return
 	}
 	o.kick(false)
@@ -141,8 +144,8 @@ func (o *output) ready(batch *pool.Batch) {
 }
 
 // Flush implements pool.Flusher: it writes what batched completions left in
-// the buffer.
-func (o *output) Flush() { o.kick(true) }
+// the buffer (unless the reader is in a batch, see ready).
+func (o *output) Flush() { o.kick(!o.s.batching.Load()) }
 
 var _ pool.Flusher = (*output)(nil)
 

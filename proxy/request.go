@@ -287,13 +287,14 @@ func (r *request) finish(reply []byte, err error, share *sharedReply) (joiners [
 // completeLocal completes r with a reply funnel made, which r may keep
 // without copying: a constant or a fresh buffer nobody else writes.
 func (r *request) completeLocal(reply []byte) {
+	s := r.s
 	r.view = reply
-	r.s.held(int64(len(reply)))
+	s.held(int64(len(reply)))
 	if !r.state.CompareAndSwap(pending, done) {
 		r.release()
 		return
 	}
-	r.s.out.ready(nil)
+	s.out.kick(!s.batching.Load())
 }
 
 // adjusted applies r.adjust to a successful upstream reply.

@@ -97,9 +97,18 @@ func (s *session) dispatchRoute(r *request) {
 }
 
 // reject answers r with an error Redis would give before running it. Inside
-// MULTI the transaction then aborts, as Redis's flagTransaction does.
+// MULTI the transaction then aborts, as Redis's flagTransaction does; an
+// EXEC rejected so ends the transaction at once with EXECABORT, as Redis's
+// execCommandAbort does (it drops the error's "ERR " code, keeps others).
 func (s *session) reject(r *request, reply []byte) {
 	r.route = routeLocal
+	if r.info != nil && r.info.Name == "exec" {
+		// Redis words it so even outside MULTI.
+		s.multi = nil
+		msg := strings.TrimPrefix(strings.TrimSuffix(string(reply[1:]), "\r\n"), "ERR ")
+		s.endWatch(r, resp.AppendError(nil, "EXECABORT Transaction discarded because of: "+msg))
+		return
+	}
 	if s.multi != nil {
 		s.multi.failed = true
 	}

@@ -306,6 +306,20 @@ func (srv *Server) poolFor(db, proto int) *pool.Pool {
 	return p
 }
 
+// dropPool closes the pool for db and proto if it is p. It waits for the
+// pool's connections to end: not on a session's reader.
+func (srv *Server) dropPool(db, proto int, p *pool.Pool) {
+	srv.mu.Lock()
+	key := poolKey{db, proto}
+	if srv.dbPools[key] != p {
+		srv.mu.Unlock()
+		return
+	}
+	delete(srv.dbPools, key)
+	srv.mu.Unlock()
+	p.Close(context.Background())
+}
+
 // sharedConnsUp counts the shared upstream connections up now, in every
 // pool (each db and RESP version in use).
 func (srv *Server) sharedConnsUp() int {

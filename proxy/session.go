@@ -33,6 +33,12 @@ type session struct {
 	killOnce sync.Once
 	reason   atomic.Uint32 // closeReason
 	draining atomic.Bool   // set by Shutdown: stop reading new commands
+	// batching is set while the reader handles commands one read brought,
+	// and more of them are buffered: replies funnel makes itself wait in
+	// the output's buffer until the last, so a pipeline gets them in one
+	// write, and a cross-protocol line drops the replies of the commands
+	// read with it, as in Redis, which writes after each read.
+	batching atomic.Bool
 
 	// The dispatch hand-off between the reader and the resumer; see
 	// dispatch.go. mu guards parked and suspended.
@@ -71,6 +77,10 @@ type session struct {
 	// sentData is set once the client sent a command other than the
 	// handshake's (see cmdInfo).
 	sentData bool
+	// lastConn and lastSeq say where the client's last request to a shared
+	// connection was queued (see CanJoin).
+	lastConn *pool.Conn
+	lastSeq  uint64
 	// keyPos and keyArgs are scratch for the cache, reused per command.
 	keyPos  []int
 	keyArgs [][]byte
@@ -115,6 +125,7 @@ func newSession(srv *Server, conn net.Conn, id int64) *session {
 	s.info.init(conn, id)
 	s.reader = resp.NewRequestReader(conn, s.limits())
 	s.reader.SetBudget(readerBudget{s})
+	s.reader.SetBeforeRead(s.endBatch)
 	s.out.init(s, conn)
 	return s
 }
@@ -185,17 +196,32 @@ func (s *session) readLoop() (departed bool) {
 		}
 		cmd, err := s.reader.Read()
 		if err != nil {
+			s.endBatch()
 			return s.readFailed(err)
 		}
-		if last := s.input(cmd); last {
+		s.batching.Store(true)
+		last := s.input(cmd)
+		if last || s.reader.Buffered() == 0 {
+			s.endBatch()
+		}
+		if last {
 			return s.awaitClose()
 		}
+	}
+}
+
+// endBatch ends the reader's batch (see batching): it writes the replies
+// that waited for it. The reader calls it before anything that may block.
+func (s *session) endBatch() {
+	if s.batching.Swap(false) {
+		s.out.kick(true)
 	}
 }
 
 // awaitRoom waits, as backpressure, until the client's queue of commands
 // without replies has room again. It reports false if the session died.
 func (s *session) awaitRoom() bool {
+	s.endBatch()
 	for int(s.out.queued.Load()) >= s.srv.opts.MaxPipeline {
 		select {
 		case <-s.room:

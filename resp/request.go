@@ -87,10 +87,11 @@ const (
 // received command where it stopped, so a large request is scanned once
 // however many reads it takes.
 type RequestReader struct {
-	rd     io.Reader
-	limits Limits
-	budget Budget
-	buf    []byte
+	rd         io.Reader
+	limits     Limits
+	budget     Budget
+	beforeRead func()
+	buf        []byte
 	start  int // first byte of the command being parsed
 	end    int // end of buffered bytes
 
@@ -123,6 +124,11 @@ func (r *RequestReader) SetBudget(b Budget) {
 	r.budget = b
 	b.Add(int64(len(r.buf)))
 }
+
+// SetBeforeRead makes the reader call f each time it is about to read from
+// its stream, which may block: the caller's moment to send what the
+// commands already returned produced.
+func (r *RequestReader) SetBeforeRead(f func()) { r.beforeRead = f }
 
 // Close returns the buffer's accounting to the budget.
 func (r *RequestReader) Close() {
@@ -161,6 +167,9 @@ func (r *RequestReader) Read() (Command, error) {
 // the front, grows a full buffer (to the exact size a big argument needs),
 // and drops one that grew huge and is idle.
 func (r *RequestReader) fill() error {
+	if r.beforeRead != nil {
+		r.beforeRead()
+	}
 	if r.budget != nil {
 		if err := r.budget.Wait(); err != nil {
 			return err
@@ -242,10 +251,13 @@ func (r *RequestReader) parseMultibulk() (Command, bool, error) {
 	b := r.buf[r.start:r.end]
 	if r.argc < 0 {
 		cr := indexCR(b, 0)
+		if cr < 0 && len(b) > maxHeader || cr > maxHeader {
+			// Redis reads a client in chunks of 16 KiB or so: it gives up
+			// on a line once more than 64 KiB came without its end, so a
+			// longer line is refused however it arrives.
+			return Command{}, false, protoErr("too big mbulk count string")
+		}
 		if cr < 0 {
-			if len(b) > maxHeader {
-				return Command{}, false, protoErr("too big mbulk count string")
-			}
 			return Command{}, false, nil
 		}
 		if cr+2 > len(b) {
@@ -268,10 +280,10 @@ func (r *RequestReader) parseMultibulk() (Command, bool, error) {
 	for len(r.marks)/2 < r.argc {
 		if r.bulk < 0 {
 			cr := indexCR(b, r.pos)
+			if cr < 0 && len(b)-r.pos > maxHeader || cr-r.pos > maxHeader {
+				return Command{}, false, protoErr("too big bulk count string")
+			}
 			if cr < 0 {
-				if len(b)-r.pos > maxHeader {
-					return Command{}, false, protoErr("too big bulk count string")
-				}
 				return Command{}, false, nil
 			}
 			if cr+2 > len(b) {
@@ -281,7 +293,7 @@ func (r *RequestReader) parseMultibulk() (Command, bool, error) {
 				if c == '\r' || c == '\n' {
 					c = ' ' // Redis maps CR and LF in error texts to spaces
 				}
-				return Command{}, false, protoErr("expected '$', got '" + string(c) + "'")
+				return Command{}, false, protoErr("expected '$', got '" + string([]byte{c}) + "'")
 			}
 			n, ok := string2ll(b[r.pos+1 : cr])
 			switch {
@@ -380,10 +392,12 @@ func (r *RequestReader) parseInline() (Command, bool, error) {
 			break // Redis's strchr stops here: this line never ends
 		}
 	}
+	if nl < 0 && len(b) > r.limits.MaxInlineLen || nl > r.limits.MaxInlineLen {
+		// As with header lines: a line longer than the limit is refused
+		// however it arrives.
+		return Command{}, false, protoErr("too big inline request")
+	}
 	if nl < 0 {
-		if len(b) > r.limits.MaxInlineLen {
-			return Command{}, false, protoErr("too big inline request")
-		}
 		return Command{}, false, nil
 	}
 	line := b[:nl]
@@ -400,6 +414,10 @@ func (r *RequestReader) parseInline() (Command, bool, error) {
 	}
 	return r.encode(args), true, nil
 }
+
+// ParseInt parses a decimal integer as Redis does (string2ll), for the
+// integer arguments funnel reads itself.
+func ParseInt(b []byte) (int64, bool) { return string2ll(b) }
 
 // string2ll parses a decimal integer exactly as Redis's string2ll does: no
 // sign but a leading '-', no leading zeros, no spaces, fewer than 21 bytes,
