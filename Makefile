@@ -1,8 +1,16 @@
 # funnel: make test sets up and runs every test; make run starts funnel.
 GO      ?= go
 BIN     := bin/funnel
+# VERSION and COMMIT are stamped into the binary (funnel --version, INFO
+# funnel). A tag sets the version: git tag v0.3.0 && make build.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -s -w -X github.com/funnel-proxy/funnel/proxy.Version=$(VERSION)
+COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+# proxy.Version is set too until proxy reads internal/buildinfo itself.
+LDFLAGS := -s -w \
+	-X github.com/funnel-proxy/funnel/internal/buildinfo.Version=$(VERSION) \
+	-X github.com/funnel-proxy/funnel/internal/buildinfo.Commit=$(COMMIT) \
+	-X github.com/funnel-proxy/funnel/proxy.Version=$(VERSION)
+# make docker tags the image twice: funnel:$(VERSION) and funnel:latest.
 IMAGE   ?= funnel:$(VERSION)
 
 .PHONY: all build test deps node-deps run bench bench-redis lint fuzz gen docker clean
@@ -48,8 +56,10 @@ fuzz:
 gen: deps
 	@scripts/gen-commands.sh
 
+# The Dockerfile runs `make build` itself, so the image's binary is built
+# exactly as bin/funnel is.
 docker:
-	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+	docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t $(IMAGE) -t funnel:latest .
 
 clean:
 	rm -rf bin
