@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/funnel-proxy/funnel/internal/buildinfo"
 	"github.com/funnel-proxy/funnel/metrics"
 	"github.com/funnel-proxy/funnel/pool"
 	"github.com/funnel-proxy/funnel/proxy"
@@ -34,19 +35,45 @@ func main() {
 		if errors.Is(err, errHelp) {
 			return
 		}
+		var ce *configError
+		if errors.As(err, &ce) {
+			for _, p := range ce.problems {
+				fmt.Fprintln(os.Stderr, "funnel:", p)
+			}
+			fmt.Fprintf(os.Stderr, "funnel: %d problem(s) in the configuration\n", len(ce.problems))
+			os.Exit(1)
+		}
 		fmt.Fprintln(os.Stderr, "funnel:", err)
 		os.Exit(1)
 	}
 }
 
 // run starts funnel and serves until ctx ends, then shuts down gracefully.
-// It returns nil after a clean shutdown.
+// It returns nil after a clean shutdown. It carries out --version and
+// --check instead of serving.
 func run(ctx context.Context, args []string, stdout io.Writer, getenv func(string) string) error {
 	cfg, err := parseConfig(args, stdout, getenv)
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(stdout, cfg.logLevel, cfg.logFormat)
+	switch {
+	case cfg.version:
+		fmt.Fprintln(stdout, buildinfo.String())
+		return nil
+	case cfg.check || cfg.checkUpstream:
+		printConfig(stdout, cfg)
+		if cfg.checkUpstream {
+			return checkUpstream(ctx, stdout, cfg)
+		}
+		return nil
+	}
+	level := new(slog.LevelVar)
+	lv, err := parseLevel(cfg.logLevel)
+	if err != nil {
+		return err
+	}
+	level.Set(lv)
+	log, err := newLogger(stdout, level, cfg.logFormat)
 	if err != nil {
 		return err
 	}
@@ -97,7 +124,8 @@ func run(ctx context.Context, args []string, stdout io.Writer, getenv func(strin
 		}
 	}
 	log.Info("funnel listening", "listen", ln.Addr().String(), "upstream", upstream.String(),
-		"pool_size", cfg.poolSize, "metrics", cfg.metricsListen)
+		"pool_size", cfg.poolSize, "metrics", cfg.metricsListen, "version", buildinfo.Version)
+	logConfig(log, cfg)
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
@@ -130,21 +158,6 @@ func listen(addr string) (net.Listener, error) {
 		return net.Listen("unix", addr)
 	}
 	return net.Listen("tcp", addr)
-}
-
-func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
-	}
-	opts := &slog.HandlerOptions{Level: lv}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	}
-	return nil, fmt.Errorf("--log-format must be text or json, not %q", format)
 }
 
 // startAdmin serves /metrics, /healthz (the process is up), /readyz (the
