@@ -31,7 +31,12 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Getenv); err != nil {
+	// SIGHUP re-reads the configuration; without this it would end the
+	// process, which drops every client's connection.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	if err := runWithReload(ctx, os.Args[1:], os.Stdout, os.Getenv, hup); err != nil {
 		if errors.Is(err, errHelp) {
 			return
 		}
@@ -49,9 +54,15 @@ func main() {
 }
 
 // run starts funnel and serves until ctx ends, then shuts down gracefully.
-// It returns nil after a clean shutdown. It carries out --version and
-// --check instead of serving.
+// It returns nil after a clean shutdown.
 func run(ctx context.Context, args []string, stdout io.Writer, getenv func(string) string) error {
+	return runWithReload(ctx, args, stdout, getenv, nil)
+}
+
+// runWithReload is run, re-reading the configuration each time hup
+// delivers (main sends SIGHUP there; a nil hup never delivers). It also
+// carries out --version and --check instead of serving.
+func runWithReload(ctx context.Context, args []string, stdout io.Writer, getenv func(string) string, hup <-chan os.Signal) error {
 	cfg, err := parseConfig(args, stdout, getenv)
 	if err != nil {
 		return err
@@ -126,14 +137,23 @@ func run(ctx context.Context, args []string, stdout io.Writer, getenv func(strin
 	log.Info("funnel listening", "listen", ln.Addr().String(), "upstream", upstream.String(),
 		"pool_size", cfg.poolSize, "metrics", cfg.metricsListen, "version", buildinfo.Version)
 	logConfig(log, cfg)
+	reloads := newReloadState(cfg, args, getenv, level, serverReloader{srv: srv}, log)
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down", "timeout", cfg.shutdownTimeout)
-	case err = <-serveErr:
-		log.Error("serve", "err", err)
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("shutting down", "timeout", cfg.shutdownTimeout)
+			break wait
+		case err = <-serveErr:
+			log.Error("serve", "err", err)
+			break wait
+		case <-hup:
+			log.Info("SIGHUP: reloading the configuration")
+			reloads.reload()
+		}
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
 	defer cancel()
