@@ -1,13 +1,14 @@
-# Build: the same static, trimmed build as `make build`.
+# Build: `make build` itself, so the image's binary has the same flags
+# (static, trimmed, version and commit stamped) as bin/funnel. `make docker`
+# passes VERSION and COMMIT from git; the build context has no .git.
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 ARG VERSION=dev
-RUN CGO_ENABLED=0 go build -trimpath \
-      -ldflags "-s -w -X github.com/funnel-proxy/funnel/proxy.Version=${VERSION}" \
-      -o /out/funnel ./cmd/funnel
+ARG COMMIT=unknown
+RUN make build VERSION="${VERSION}" COMMIT="${COMMIT}" BIN=/out/funnel
 
 # Run: a static binary on distroless, as a non-root user.
 FROM gcr.io/distroless/static-debian12:nonroot

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
@@ -15,8 +16,9 @@ import (
 // errHelp is returned after --help printed the usage.
 var errHelp = errors.New("help requested")
 
-// config is every setting funnel takes, from flags or their environment
-// variables.
+// config is every setting funnel takes, with where each came from. Its
+// values are settled by precedence: flags, then environment variables,
+// then the config file, then the defaults.
 type config struct {
 	listen             string
 	upstream           string
@@ -47,6 +49,33 @@ type config struct {
 	cacheScripts       []string
 	cacheMaxBytes      int64
 	cacheMaxValue      int
+
+	// Actions: what to do instead of serving. They are not settings: no
+	// environment variable or file key sets them (but FUNNEL_CONFIG names
+	// the file, as --config does).
+	version       bool
+	check         bool
+	checkUpstream bool
+	configFile    string
+
+	flags   *pflag.FlagSet    // holds the values above; its Value.String() is each setting's canonical form
+	sources map[string]source // by setting name
+}
+
+// actions are the flags that are not settings.
+var actions = map[string]bool{"help": true, "version": true, "check": true, "check-upstream": true, "config": true}
+
+// source is where a setting's value came from.
+type source struct {
+	kind string // "default", "file", "env" or "flag"
+	name string // the environment variable, or "file:line"; empty otherwise
+}
+
+func (s source) String() string {
+	if s.name == "" {
+		return s.kind
+	}
+	return s.kind + " " + s.name
 }
 
 func (c *config) limits() resp.Limits {
@@ -61,10 +90,8 @@ func envName(flag string) string {
 	return "FUNNEL_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
 
-// parseConfig reads flags, then fills every flag not given on the command
-// line from its environment variable. The upstream falls back to REDIS_URL.
-func parseConfig(args []string, out io.Writer, getenv func(string) string) (*config, error) {
-	c := &config{}
+// newFlagSet defines every flag, bound to c's fields.
+func (c *config) newFlagSet(out io.Writer) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("funnel", pflag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:6380", "address for clients: host:port, or a unix socket path")
@@ -95,63 +122,212 @@ func parseConfig(args []string, out io.Writer, getenv func(string) string) (*con
 	fs.IntVar(&c.cacheMaxValue, "cache-max-value", 1<<20, "largest reply that is cached, in bytes")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve Go profiles at /debug/pprof/ on the metrics address")
 	fs.IntVar(&c.procs, "procs", 1, "CPU cores funnel runs Go code on at once (GOMAXPROCS); 0 leaves Go's default, all cores, and GOMAXPROCS in the environment wins over the default")
+	fs.StringVar(&c.configFile, "config", "", "YAML file of settings keyed by flag name (pool-size: 10); flags and environment variables override it")
 	fs.VisitAll(func(f *pflag.Flag) {
 		f.Usage += " [$" + envName(f.Name) + "]"
 	})
-	help := fs.BoolP("help", "h", false, "show this help")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return nil, errHelp
-		}
-		return nil, err
+	fs.BoolVarP(&c.version, "version", "V", false, "print the version, commit and Go version, and exit")
+	fs.BoolVarP(&c.check, "check", "t", false, "check every flag, environment variable and config file setting, print the effective configuration, and exit (non-zero, one line per problem, if any is wrong)")
+	fs.BoolVar(&c.checkUpstream, "check-upstream", false, "with --check: also connect and log in to the upstream once, and report how that went")
+	fs.BoolP("help", "h", false, "show this help")
+	return fs
+}
+
+// parseConfig settles every setting from args, the environment and the
+// config file (--config or FUNNEL_CONFIG), and checks them all. It returns
+// a *configError listing every problem found, errHelp after printing the
+// usage for --help, or a config with only the version action set for
+// --version.
+func parseConfig(args []string, out io.Writer, getenv func(string) string) (*config, error) {
+	c := &config{sources: map[string]source{}}
+	fs := c.newFlagSet(out)
+	c.flags = fs
+	raw, err := parseRaw(fs, args)
+	if err != nil {
+		return nil, &configError{problems: []string{err.Error() + " (funnel --help lists the flags)"}}
 	}
-	if *help {
-		fmt.Fprintln(out, "Usage: funnel [flags]\n\nEvery flag can also be set by the environment variable shown after it.")
+	if raw.given("help") {
+		fmt.Fprintln(out, "Usage: funnel [flags]\n\nEvery flag can also be set by the environment variable shown after it, or\nin the YAML file given by --config, under the flag's name. Flags win over\nenvironment variables, and both over the file. SIGHUP re-reads them.")
 		fs.PrintDefaults()
 		return nil, errHelp
 	}
-	var envErr error
+	if raw.given("version") {
+		c.version = true
+		return c, nil
+	}
+	var problems []string
+	for _, a := range raw.positional {
+		problems = append(problems, fmt.Sprintf("unexpected argument %q: funnel takes only flags", a))
+	}
+	for name := range actions {
+		if name != "help" && raw.given(name) {
+			if err := fs.Lookup(name).Value.Set(raw.last(name)); err != nil {
+				problems = append(problems, fmt.Sprintf("--%s: %v", name, err))
+			}
+		}
+	}
+	if !raw.given("config") {
+		c.configFile = getenv("FUNNEL_CONFIG")
+	}
+	var file map[string]fileSetting
+	if c.configFile != "" {
+		var fileProblems []string
+		file, fileProblems = readConfigFile(c.configFile, fs)
+		problems = append(problems, fileProblems...)
+	}
 	fs.VisitAll(func(f *pflag.Flag) {
-		if f.Changed || f.Name == "help" {
+		if actions[f.Name] {
 			return
 		}
-		if v := getenv(envName(f.Name)); v != "" {
-			if err := fs.Set(f.Name, v); err != nil && envErr == nil {
-				envErr = fmt.Errorf("%s: %w", envName(f.Name), err)
+		values, src := c.pick(f.Name, raw, getenv, file)
+		c.sources[f.Name] = src
+		for _, v := range values {
+			if err := f.Value.Set(v); err != nil {
+				problems = append(problems, c.label(f.Name)+": "+badValue(f, v, err))
 			}
 		}
 	})
-	if envErr != nil {
-		return nil, envErr
+	if src := c.sources["procs"]; (src.kind == "default" || src.kind == "file") && getenv("GOMAXPROCS") != "" {
+		// The operator set Go's own variable: keep it (env wins over file).
+		_ = fs.Set("procs", "0")
+		c.sources["procs"] = source{kind: "env", name: "GOMAXPROCS"}
 	}
-	if c.upstream == "" {
-		c.upstream = getenv("REDIS_URL")
-	}
-	if f := fs.Lookup("procs"); !f.Changed && getenv("GOMAXPROCS") != "" {
-		c.procs = 0 // the operator set Go's own variable: keep it
-	}
-	for _, v := range c.cache {
-		for _, rule := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' }) {
-			cr, err := proxy.ParseCacheRule(rule)
-			if err != nil {
-				return nil, fmt.Errorf("--cache: %w", err)
-			}
-			c.cacheRules = append(c.cacheRules, cr)
-		}
-	}
-	switch {
-	case c.upstream == "":
-		return nil, errors.New("no upstream: set --upstream, FUNNEL_UPSTREAM or REDIS_URL")
-	case c.poolSize < 1:
-		return nil, errors.New("--pool-size must be at least 1")
-	case c.maxClients < 1:
-		return nil, errors.New("--max-clients must be at least 1")
-	case c.maxExclusive < 1:
-		return nil, errors.New("--max-exclusive must be at least 1")
-	case c.procs < 0:
-		return nil, errors.New("--procs must be 0 (Go's default) or more")
-	case c.protoMaxBulkLen < 1:
-		return nil, errors.New("--proto-max-bulk-len must be positive")
+	problems = append(problems, c.validate()...)
+	if len(problems) > 0 {
+		return nil, &configError{problems: problems}
 	}
 	return c, nil
+}
+
+// pick returns the values that set a flag, by precedence, and their source.
+// An empty environment variable counts as unset.
+func (c *config) pick(name string, raw *rawArgs, getenv func(string) string, file map[string]fileSetting) ([]string, source) {
+	if raw.given(name) {
+		return raw.values[name], source{kind: "flag"}
+	}
+	if v := getenv(envName(name)); v != "" {
+		return []string{v}, source{kind: "env", name: envName(name)}
+	}
+	if name == "upstream" {
+		if v := getenv("REDIS_URL"); v != "" {
+			return []string{v}, source{kind: "env", name: "REDIS_URL"}
+		}
+	}
+	if fv, ok := file[name]; ok {
+		return fv.values, source{kind: "file", name: fmt.Sprintf("%s:%d", c.configFile, fv.line)}
+	}
+	return nil, source{kind: "default"}
+}
+
+// label names a setting as the operator set it, for a problem: the flag,
+// the environment variable, or the file line and key.
+func (c *config) label(name string) string {
+	switch src := c.sources[name]; src.kind {
+	case "env":
+		return src.name
+	case "file":
+		return src.name + ": " + name
+	}
+	return "--" + name
+}
+
+// badValue says why v is no value for f, in the operator's terms.
+func badValue(f *pflag.Flag, v string, err error) string {
+	switch f.Value.Type() {
+	case "int", "int64":
+		return fmt.Sprintf("%q is not a whole number (for example %s)", v, f.DefValue)
+	case "duration":
+		return fmt.Sprintf("%q is not a duration (for example %s; units ms, s, m, h)", v, f.DefValue)
+	case "bool":
+		return fmt.Sprintf("%q is not true or false", v)
+	}
+	return fmt.Sprintf("%q: %v", v, err)
+}
+
+// value returns a setting's canonical value as funnel holds it (durations
+// as "30s", lists as "[a,b]"), secrets unmasked: for comparing configs.
+func (c *config) value(name string) string {
+	return c.flags.Lookup(name).Value.String()
+}
+
+// settings returns every setting's name, in the order --help lists them.
+func (c *config) settings() []string {
+	var names []string
+	c.flags.VisitAll(func(f *pflag.Flag) {
+		if !actions[f.Name] {
+			names = append(names, f.Name)
+		}
+	})
+	return names
+}
+
+// configError is every problem found in a configuration, one line each.
+type configError struct {
+	problems []string
+}
+
+func (e *configError) Error() string {
+	return strings.Join(e.problems, "\n")
+}
+
+// rawArgs is the command line read without converting any value, so a bad
+// value is one problem among others instead of the end of parsing.
+type rawArgs struct {
+	values     map[string][]string
+	positional []string
+}
+
+func (r *rawArgs) given(name string) bool { return len(r.values[name]) > 0 }
+
+func (r *rawArgs) last(name string) string {
+	v := r.values[name]
+	return v[len(v)-1]
+}
+
+// rawValue records each value a flag is given, as written.
+type rawValue struct {
+	name string
+	typ  string
+	into map[string][]string
+}
+
+func (v *rawValue) Set(s string) error {
+	v.into[v.name] = append(v.into[v.name], s)
+	return nil
+}
+
+func (v *rawValue) String() string { return strings.Join(v.into[v.name], ",") }
+
+func (v *rawValue) Type() string { return v.typ }
+
+// parseRaw reads args against a copy of fs whose flags only record their
+// values. It fails only on the command line's syntax: an unknown flag, or
+// a missing value.
+func parseRaw(fs *pflag.FlagSet, args []string) (*rawArgs, error) {
+	r := &rawArgs{values: map[string][]string{}}
+	rfs := pflag.NewFlagSet("funnel", pflag.ContinueOnError)
+	rfs.SetOutput(io.Discard)
+	rfs.Usage = func() {}
+	fs.VisitAll(func(f *pflag.Flag) {
+		rf := rfs.VarPF(&rawValue{name: f.Name, typ: f.Value.Type(), into: r.values}, f.Name, f.Shorthand, f.Usage)
+		rf.NoOptDefVal = f.NoOptDefVal // bools take no separate argument
+	})
+	if err := rfs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			r.values["help"] = []string{"true"}
+			return r, nil
+		}
+		return nil, err
+	}
+	r.positional = rfs.Args()
+	// --check=false does not ask for a check. (A value that is no bool
+	// stays, and is reported when it is set.)
+	for name := range actions {
+		if vals := r.values[name]; len(vals) > 0 && fs.Lookup(name).Value.Type() == "bool" {
+			if on, err := strconv.ParseBool(vals[len(vals)-1]); err == nil && !on {
+				delete(r.values, name)
+			}
+		}
+	}
+	return r, nil
 }

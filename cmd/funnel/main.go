@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/funnel-proxy/funnel/internal/buildinfo"
 	"github.com/funnel-proxy/funnel/metrics"
 	"github.com/funnel-proxy/funnel/pool"
 	"github.com/funnel-proxy/funnel/proxy"
@@ -30,9 +31,22 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Getenv); err != nil {
+	// SIGHUP re-reads the configuration; without this it would end the
+	// process, which drops every client's connection.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	if err := runWithReload(ctx, os.Args[1:], os.Stdout, os.Getenv, hup); err != nil {
 		if errors.Is(err, errHelp) {
 			return
+		}
+		var ce *configError
+		if errors.As(err, &ce) {
+			for _, p := range ce.problems {
+				fmt.Fprintln(os.Stderr, "funnel:", p)
+			}
+			fmt.Fprintf(os.Stderr, "funnel: %d problem(s) in the configuration\n", len(ce.problems))
+			os.Exit(1)
 		}
 		fmt.Fprintln(os.Stderr, "funnel:", err)
 		os.Exit(1)
@@ -42,11 +56,35 @@ func main() {
 // run starts funnel and serves until ctx ends, then shuts down gracefully.
 // It returns nil after a clean shutdown.
 func run(ctx context.Context, args []string, stdout io.Writer, getenv func(string) string) error {
+	return runWithReload(ctx, args, stdout, getenv, nil)
+}
+
+// runWithReload is run, re-reading the configuration each time hup
+// delivers (main sends SIGHUP there; a nil hup never delivers). It also
+// carries out --version and --check instead of serving.
+func runWithReload(ctx context.Context, args []string, stdout io.Writer, getenv func(string) string, hup <-chan os.Signal) error {
 	cfg, err := parseConfig(args, stdout, getenv)
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(stdout, cfg.logLevel, cfg.logFormat)
+	switch {
+	case cfg.version:
+		fmt.Fprintln(stdout, buildinfo.String())
+		return nil
+	case cfg.check || cfg.checkUpstream:
+		printConfig(stdout, cfg)
+		if cfg.checkUpstream {
+			return checkUpstream(ctx, stdout, cfg)
+		}
+		return nil
+	}
+	level := new(slog.LevelVar)
+	lv, err := parseLevel(cfg.logLevel)
+	if err != nil {
+		return err
+	}
+	level.Set(lv)
+	log, err := newLogger(stdout, level, cfg.logFormat)
 	if err != nil {
 		return err
 	}
@@ -97,15 +135,25 @@ func run(ctx context.Context, args []string, stdout io.Writer, getenv func(strin
 		}
 	}
 	log.Info("funnel listening", "listen", ln.Addr().String(), "upstream", upstream.String(),
-		"pool_size", cfg.poolSize, "metrics", cfg.metricsListen)
+		"pool_size", cfg.poolSize, "metrics", cfg.metricsListen, "version", buildinfo.Version)
+	logConfig(log, cfg)
+	reloads := newReloadState(cfg, args, getenv, level, serverReloader{srv: srv}, log)
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down", "timeout", cfg.shutdownTimeout)
-	case err = <-serveErr:
-		log.Error("serve", "err", err)
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("shutting down", "timeout", cfg.shutdownTimeout)
+			break wait
+		case err = <-serveErr:
+			log.Error("serve", "err", err)
+			break wait
+		case <-hup:
+			log.Info("SIGHUP: reloading the configuration")
+			reloads.reload()
+		}
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
 	defer cancel()
@@ -130,21 +178,6 @@ func listen(addr string) (net.Listener, error) {
 		return net.Listen("unix", addr)
 	}
 	return net.Listen("tcp", addr)
-}
-
-func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
-	}
-	opts := &slog.HandlerOptions{Level: lv}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	}
-	return nil, fmt.Errorf("--log-format must be text or json, not %q", format)
 }
 
 // startAdmin serves /metrics, /healthz (the process is up), /readyz (the
