@@ -112,7 +112,7 @@ func cmdAuth(s *session, r *request) {
 		return
 	}
 	if !s.checkPassword(user, pass) {
-		s.srv.metrics.Errors.WithLabelValues("auth_failed").Inc()
+		s.srv.countError(errAuthFailed)
 		r.completeLocal(wrongPass)
 		return
 	}
@@ -158,7 +158,7 @@ func cmdHello(s *session, r *request) {
 		}
 	}
 	if user != nil && !s.checkPassword(user, pass) {
-		s.srv.metrics.Errors.WithLabelValues("auth_failed").Inc()
+		s.srv.countError(errAuthFailed)
 		r.completeLocal(wrongPass)
 		return
 	}

@@ -34,7 +34,7 @@ func (s *session) queueInMulti(r *request) {
 	r.route = routeTransaction
 	switch {
 	case r.spec.multi == refusedInMulti || r.spec.route == routeRefused || s.srv.denied(r.info) || r.info.Has(command.PubSub):
-		s.srv.metrics.Errors.WithLabelValues("refused").Inc()
+		s.srv.countError(errRefused)
 		s.reject(r, resp.AppendError(nil, "ERR funnel: "+displayName(r.info.Name)+" inside MULTI is not supported through the proxy"))
 	case len(m.raw)+len(r.Raw) > s.srv.opts.MaxMultiBytes:
 		s.reject(r, resp.AppendError(nil, "ERR funnel: transaction larger than "+strconv.Itoa(s.srv.opts.MaxMultiBytes)+" bytes (--max-multi-bytes); it will be discarded"))

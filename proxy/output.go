@@ -54,7 +54,9 @@ type output struct {
 	// stalled is set while the writer goroutine owns writing: the socket
 	// would have blocked.
 	stalled bool
-	writer  bool // the writer goroutine runs
+	// writer is set while the writer goroutine runs (changed under mu,
+	// read anywhere).
+	writer atomic.Bool
 	// closeAfter, once set, closes the client after buf is written (QUIT,
 	// a protocol error).
 	closeAfter closeReason
@@ -265,10 +267,10 @@ func (o *output) flushLocked(inWriter bool) bool {
 // stall hands writing to the writer goroutine, starting it if need be.
 func (o *output) stall() {
 	o.stalled = true
-	if o.writer {
+	if o.writer.Load() {
 		return
 	}
-	o.writer = true
+	o.writer.Store(true)
 	o.s.srv.wg.Add(1)
 	go o.writeLoop()
 }
@@ -286,7 +288,8 @@ func (o *output) writeLoop() {
 			break
 		}
 	}
-	o.stalled, o.writer = false, false
+	o.stalled = false
+	o.writer.Store(false)
 	o.mu.Unlock()
 	o.kick(true) // what came while the lock was held
 }

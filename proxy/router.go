@@ -117,7 +117,7 @@ func (s *session) reject(r *request, reply []byte) {
 
 // refuse answers r with funnel's "not supported" error.
 func (s *session) refuse(r *request) {
-	s.srv.metrics.Errors.WithLabelValues("refused").Inc()
+	s.srv.countError(errRefused)
 	r.route = routeRefused
 	r.completeLocal(resp.AppendError(nil, "ERR funnel: "+displayName(r.info.Name)+" is not supported through the proxy"))
 }

@@ -268,7 +268,7 @@ func (srv *Server) recoverPanic(s *session) {
 // crossProtocol logs a client that sent an HTTP line, at most once a minute
 // as Redis does, so an attack cannot flood the log.
 func (srv *Server) crossProtocol(s *session) {
-	srv.metrics.Errors.WithLabelValues("cross_protocol").Inc()
+	srv.countError(errCrossProtocol)
 	now := time.Now().Unix()
 	if last := srv.crossLogged.Load(); now-last > 60 && srv.crossLogged.CompareAndSwap(last, now) {
 		srv.log.Warn("possible security attack: a client sent POST or Host:, as a web page in a browser can be made to; funnel closed it, and nothing it sent after that line ran (this is logged at most once a minute)",

@@ -238,7 +238,7 @@ func (s *session) readFailed(err error) (departed bool) {
 	var pe *resp.ProtocolError
 	switch {
 	case errors.As(err, &pe):
-		s.srv.metrics.Errors.WithLabelValues("client_protocol").Inc()
+		s.srv.countError(errClientProtocol)
 		s.queueFinal(resp.AppendError(nil, "ERR "+pe.Error()), closedProtocol)
 		return s.awaitClose()
 	case errors.Is(err, errMemory):

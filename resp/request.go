@@ -92,8 +92,8 @@ type RequestReader struct {
 	budget     Budget
 	beforeRead func()
 	buf        []byte
-	start  int // first byte of the command being parsed
-	end    int // end of buffered bytes
+	start      int // first byte of the command being parsed
+	end        int // end of buffered bytes
 
 	// State of a multibulk request being parsed at buf[start:], with offsets
 	// relative to start because the buffer can move between reads.

@@ -38,6 +38,8 @@ type config struct {
 	clientOutputLimit  int64
 	clientWriteTimeout time.Duration
 	infoTTL            time.Duration
+	maxMemory          int64
+	exclusiveWait      time.Duration
 	pprof              bool
 	procs              int
 	maxExclusive       int
@@ -78,6 +80,15 @@ func (s source) String() string {
 	return s.kind + " " + s.name
 }
 
+// proxyInfoTTL is --info-ttl as proxy.Options takes it: there 0 means the
+// default, and a negative TTL never reuses INFO.
+func (c *config) proxyInfoTTL() time.Duration {
+	if c.infoTTL == 0 {
+		return -1
+	}
+	return c.infoTTL
+}
+
 func (c *config) limits() resp.Limits {
 	l := resp.DefaultLimits
 	l.MaxBulk = c.protoMaxBulkLen
@@ -111,7 +122,9 @@ func (c *config) newFlagSet(out io.Writer) *pflag.FlagSet {
 	fs.IntVar(&c.protoMaxBulkLen, "proto-max-bulk-len", 512<<20, "largest argument a client may send, in bytes")
 	fs.Int64Var(&c.clientOutputLimit, "client-output-limit", 512<<20, "reply bytes held for a client that does not read them before it is closed")
 	fs.DurationVar(&c.clientWriteTimeout, "client-write-timeout", 30*time.Second, "longest a write to a client may block before it is closed")
-	fs.DurationVar(&c.infoTTL, "info-ttl", 5*time.Second, "how long the upstream's INFO reply is reused")
+	fs.DurationVar(&c.infoTTL, "info-ttl", proxy.DefaultInfoTTL, "how long a copy of the upstream's INFO may answer a new connection's handshake INFO; 0: never (every INFO is fetched). Later INFOs are always fetched")
+	fs.Int64Var(&c.maxMemory, "max-memory", 1<<30, "request and reply bytes funnel holds for all clients before it stops reading from the clients that hold them")
+	fs.DurationVar(&c.exclusiveWait, "exclusive-wait", 10*time.Second, "longest wait for an exclusive-lane connection before a WATCH or blocking command gets a funnel: error")
 	fs.IntVar(&c.maxExclusive, "max-exclusive", 32, "exclusive upstream connections for blocking commands and WATCH spans")
 	fs.DurationVar(&c.exclusiveIdle, "exclusive-idle-timeout", 60*time.Second, "how long an unused exclusive connection stays open")
 	fs.IntVar(&c.maxMultiBytes, "max-multi-bytes", 64<<20, "largest transaction buffered between MULTI and EXEC, in bytes")

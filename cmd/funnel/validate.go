@@ -37,6 +37,7 @@ func (c *config) validate() []string {
 		{"procs", int64(c.procs), 0},
 		{"proto-max-bulk-len", int64(c.protoMaxBulkLen), 1},
 		{"client-output-limit", c.clientOutputLimit, 1},
+		{"max-memory", c.maxMemory, 1 << 20},
 		{"max-multi-bytes", int64(c.maxMultiBytes), 1},
 		{"cache-max-bytes", c.cacheMaxBytes, 1},
 		{"cache-max-value", int64(c.cacheMaxValue), 1},
@@ -60,12 +61,18 @@ func (c *config) validate() []string {
 		{"upstream-timeout", c.upstreamTimeout},
 		{"dial-timeout", c.dialTimeout},
 		{"client-write-timeout", c.clientWriteTimeout},
-		{"info-ttl", c.infoTTL},
 		{"exclusive-idle-timeout", c.exclusiveIdle},
+		{"exclusive-wait", c.exclusiveWait},
 	} {
 		if d.v <= 0 {
 			bad(d.name, "must be a positive duration, not %v", d.v)
 		}
+	}
+	if c.infoTTL < 0 {
+		bad("info-ttl", "must not be negative, not %v (0 means every INFO is fetched)", c.infoTTL)
+	}
+	if c.maxMemory > 0 && int64(c.protoMaxBulkLen) > c.maxMemory {
+		bad("max-memory", "%d is less than --proto-max-bulk-len %d: a request that large could never be read", c.maxMemory, c.protoMaxBulkLen)
 	}
 	if c.shutdownTimeout < 0 {
 		bad("shutdown-timeout", "must not be negative, not %v", c.shutdownTimeout)

@@ -56,3 +56,27 @@ func (c closeReason) advice() string {
 	}
 	return ""
 }
+
+// errorKind is a kind of error funnel answers a client with, the label of
+// funnel_errors_total (the pool counts the upstream kinds itself).
+type errorKind uint8
+
+const (
+	errClientProtocol errorKind = iota // a malformed request
+	errCrossProtocol                   // a POST or Host: line
+	errRefused                         // a command funnel does not support
+	errAuthFailed                      // a wrong password
+	numErrorKinds
+)
+
+var errorKindNames = [numErrorKinds]string{
+	errClientProtocol: "client_protocol", errCrossProtocol: "cross_protocol",
+	errRefused: "refused", errAuthFailed: "auth_failed",
+}
+
+func (k errorKind) String() string { return errorKindNames[k] }
+
+// countError counts an error funnel answered.
+func (srv *Server) countError(k errorKind) {
+	srv.metrics.Errors.WithLabelValues(k.String()).Inc()
+}
