@@ -205,8 +205,8 @@ func (i *Info) KeyPositions(dst []int, args [][]byte) (_ []int, complete bool) {
 				complete = false
 				continue
 			}
-			n, err := strconv.Atoi(string(args[idx]))
-			if err != nil || n < 0 {
+			n, err := strconv.Atoi(string(args[idx][:min(len(args[idx]), 20)]))
+			if err != nil || n < 0 || len(args[idx]) > 20 {
 				complete = false
 				continue
 			}

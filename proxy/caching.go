@@ -253,6 +253,7 @@ func (s *session) beginWrite(r *request, info *command.Info, args [][]byte) {
 		expires = c.KnownExpiry(s.db, args[1]) // the destination takes the source's expiry
 	}
 	w := c.BeginWrite(s.db, s.keyArgs, expires, r.stripes)
+	clear(s.keyArgs) // they point into the request, which may be huge
 	if len(r.writes) == 0 {
 		r.stripes = w.Stripes()
 	}
@@ -269,8 +270,7 @@ func writeExpiry(name string, args [][]byte, now time.Time) time.Time {
 		if i >= len(args) {
 			return 0, false
 		}
-		n, err := strconv.ParseInt(string(args[i]), 10, 64)
-		return n, err == nil
+		return resp.ParseInt(args[i])
 	}
 	rel := func(n int64, unit time.Duration) time.Time { return now.Add(time.Duration(n) * unit) }
 	option := func(from int) time.Time {

@@ -83,8 +83,8 @@ func cmdClientList(s *session, r *request) {
 		case opt == "id" && j+1 < len(args):
 			ids = map[int64]bool{}
 			for j++; j < len(args); j++ {
-				id, err := strconv.ParseInt(string(args[j]), 10, 64)
-				if err != nil || id <= 0 {
+				id, ok := resp.ParseInt(args[j])
+				if !ok || id <= 0 {
 					r.completeLocal(resp.AppendError(nil, "ERR Invalid client ID"))
 					return
 				}
@@ -169,8 +169,8 @@ func cmdClientReply(s *session, r *request) {
 // the client.
 func cmdClientUnblock(s *session, r *request) {
 	args := r.args
-	id, err := strconv.ParseInt(string(args[2]), 10, 64)
-	if err != nil {
+	id, ok := resp.ParseInt(args[2])
+	if !ok {
 		r.completeLocal(resp.AppendError(nil, "ERR value is not an integer or out of range"))
 		return
 	}

@@ -67,6 +67,9 @@ func blockingTimeout(t timeoutArg, args [][]byte) blockTimeout {
 	if bt.index < 1 || bt.index >= len(args) {
 		return bt
 	}
+	if len(args[bt.index]) > 64 {
+		return bt // no timeout is that long; and no argument is copied to find out
+	}
 	f, err := strconv.ParseFloat(string(args[bt.index]), 64)
 	if err != nil || f < 0 || math.IsNaN(f) || math.IsInf(f, 0) || f > float64(math.MaxInt64/int64(time.Second)) {
 		return bt

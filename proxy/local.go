@@ -131,8 +131,8 @@ func cmdHello(s *session, r *request) {
 	args := r.args
 	proto, next := s.info.proto(), 1
 	if len(args) >= 2 {
-		ver, err := strconv.ParseInt(string(args[1]), 10, 64)
-		if err != nil {
+		ver, ok := resp.ParseInt(args[1])
+		if !ok {
 			r.completeLocal(resp.AppendError(nil, "ERR Protocol version is not an integer or out of range"))
 			return
 		}

@@ -140,6 +140,9 @@ func (r *request) release() {
 	if r.mem != 0 {
 		r.s.srv.mem.add(-r.mem)
 	}
+	// The arguments point into Raw, which may be a huge buffer of its own:
+	// no recycled request may keep it alive.
+	clear(r.argBuf[:cap(r.argBuf)])
 	reply, raw, argBuf, stripes := r.reply[:0], r.rawBuf[:0], r.argBuf[:0], r.stripes[:0]
 	if cap(reply) > maxKeptBuf {
 		reply = nil

@@ -345,6 +345,10 @@ func (r *RequestReader) parseMultibulk() (Command, bool, error) {
 		}
 		r.start, r.end = 0, copy(r.buf, rest)
 		cmd.Owned = true
+		// The reader's own slice of arguments must not keep the request's
+		// buffer alive once the caller is done with it.
+		cmd.Args = append([][]byte(nil), r.args...)
+		clear(r.args)
 		return cmd, true, nil
 	}
 	r.start += consumed
