@@ -165,7 +165,7 @@ var cmdFunnelOnly = map[string]bool{
 // CLIENT and pub/sub commands), and the transaction then aborts.
 func cmdNotInMulti(info *command.Info) bool {
 	base, _, _ := strings.Cut(info.Name, "|")
-	return base == "select" || base == "auth" || base == "hello" || base == "client" || info.Has(command.PubSub) || cmdFunnelOnly[info.Name]
+	return base == "select" || base == "auth" || base == "hello" || base == "client" || strings.HasSuffix(base, "subscribe") || cmdFunnelOnly[info.Name]
 }
 
 // cmdWords are the random arguments: numbers of every form, keys, and option

@@ -275,6 +275,13 @@ var diffAllowlist = []struct {
 	match  func(c diffCase, ref, got sideReply) bool
 }{
 	{
+		reason: "an inline line between 64 KiB and 400 KiB: whether Redis takes it depends on how its reads (16 KiB, then growing) split the input, and Redis disagrees with itself there (see the self-check); funnel refuses every line over 64 KiB, however it arrives",
+		match: func(c diffCase, ref, got sideReply) bool {
+			return hasLineBetween(c.in, 64<<10, 400<<10) &&
+				(bytes.Contains(ref.out, []byte("too big inline request")) || bytes.Contains(got.out, []byte("too big inline request")))
+		},
+	},
+	{
 		reason: "HELLO's reply names the connection's id, which is each server's own",
 		match: func(c diffCase, ref, got sideReply) bool {
 			return ref.closed == got.closed && bytes.Equal(maskIDs(ref.out), maskIDs(got.out)) && bytes.Contains(ref.out, []byte("$2\r\nid\r\n:"))
@@ -294,6 +301,17 @@ var helloID = regexp.MustCompile(`\$2\r\nid\r\n:[0-9]+\r\n`)
 
 // maskIDs replaces the connection ids in HELLO replies.
 func maskIDs(b []byte) []byte { return helloID.ReplaceAll(b, []byte("$2\r\nid\r\n:N\r\n")) }
+
+// hasLineBetween reports whether in has a line (up to a newline or the
+// end) longer than lo bytes and shorter than hi.
+func hasLineBetween(in []byte, lo, hi int) bool {
+	for _, line := range bytes.Split(in, []byte("\n")) {
+		if len(line) > lo && len(line) < hi {
+			return true
+		}
+	}
+	return false
+}
 
 // hasCrossProtocolLine reports whether in has a POST or Host: command.
 func hasCrossProtocolLine(in []byte) bool {

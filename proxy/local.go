@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"crypto/subtle"
 	"errors"
 	"strconv"
@@ -56,7 +57,7 @@ func cmdReset(s *session, r *request) {
 	s.replyMode = replyOn
 	r.suppress = false
 	s.leavePubSub()
-	s.endWatch(r, []byte("+RESET\r\n"))
+	s.endWatch(r, resp.AppendStatus(nil, "RESET"))
 	if s.pool == s.srv.pool {
 		return
 	}
@@ -302,7 +303,7 @@ func cmdSelect(s *session, r *request) {
 			case err != nil:
 				r.Complete(nil, err)
 				return
-			case string(reply) != "+OK\r\n":
+			case !bytes.Equal(reply, resp.OK):
 				r.Complete(reply, nil)
 				return
 			}

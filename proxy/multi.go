@@ -33,7 +33,7 @@ func (s *session) queueInMulti(r *request) {
 	m := s.multi
 	r.route = routeTransaction
 	switch {
-	case r.spec.multi == refusedInMulti || r.spec.route == routeRefused || s.srv.denied(r.info) || r.info.Has(command.PubSub):
+	case r.spec.multi == refusedInMulti || r.spec.route == routeRefused || s.srv.denied(r.info):
 		s.srv.countError(errRefused)
 		s.reject(r, resp.AppendError(nil, "ERR funnel: "+displayName(r.info.Name)+" inside MULTI is not supported through the proxy"))
 	case len(m.raw)+len(r.Raw) > s.srv.opts.MaxMultiBytes:

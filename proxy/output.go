@@ -367,8 +367,9 @@ func (o *output) pushDirect(raw []byte, batch *pool.Batch) bool {
 		return false
 	}
 	// The buffer holds whole replies only, so the push lands between two.
-	o.buf = append(o.buf, '>')
-	o.buf = append(o.buf, raw[1:]...)
+	n := len(o.buf)
+	o.buf = append(o.buf, raw...)
+	resp.AsPush(o.buf[n:])
 	batch.Add(o)
 	return true
 }

@@ -193,7 +193,7 @@ func (s *session) push(raw []byte, batch *pool.Batch) {
 	r.pubsubKind = queuedPush
 	r.reply = append(r.reply[:0], raw...)
 	if resp3 {
-		r.reply[0] = '>' // the hub's RESP2 array becomes a RESP3 push
+		r.reply = resp.AsPush(r.reply) // the hub's RESP2 array becomes a RESP3 push
 	}
 	r.mem = int64(len(r.reply))
 	s.srv.mem.add(r.mem)

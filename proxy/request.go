@@ -308,9 +308,7 @@ func (r *request) adjusted(reply []byte) []byte {
 			return r.override
 		}
 	case adjustUnwrap:
-		if bytes.HasPrefix(reply, []byte("*1\r\n")) {
-			return reply[4:]
-		}
+		return resp.SingleElement(reply)
 	case adjustPublish:
 		if n, ok := resp.Int(reply); ok && len(r.args) > 1 {
 			n = r.s.srv.hub.receivers(r.args[1], n, r.info.Name == "spublish")

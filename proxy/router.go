@@ -105,7 +105,7 @@ func (s *session) reject(r *request, reply []byte) {
 	if r.info != nil && r.info.Name == "exec" {
 		// Redis words it so even outside MULTI.
 		s.multi = nil
-		msg := strings.TrimPrefix(strings.TrimSuffix(string(reply[1:]), "\r\n"), "ERR ")
+		msg := strings.TrimPrefix(resp.ErrorText(reply), "ERR ")
 		s.endWatch(r, resp.AppendError(nil, "EXECABORT Transaction discarded because of: "+msg))
 		return
 	}

@@ -222,7 +222,7 @@ func (srv *Server) accept(conn net.Conn) {
 		} else {
 			// Redis's own words, then close, as Redis does.
 			_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
-			_, _ = conn.Write([]byte("-ERR max number of clients reached\r\n"))
+			_, _ = conn.Write(resp.AppendError(nil, "ERR max number of clients reached"))
 		}
 		srv.metrics.ClientsClosed.WithLabelValues(reason.String()).Inc()
 		conn.Close()

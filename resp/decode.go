@@ -76,3 +76,26 @@ func Text(raw []byte) (body []byte, ok bool) {
 
 // IsError reports whether raw is an error reply (simple or RESP3 blob).
 func IsError(raw []byte) bool { return len(raw) > 0 && (raw[0] == '-' || raw[0] == '!') }
+
+// ErrorText returns the text of an error reply, without its '-' and CRLF.
+func ErrorText(raw []byte) string {
+	return string(bytes.TrimSuffix(bytes.TrimPrefix(raw, []byte("-")), crlf))
+}
+
+// SingleElement returns the one element of a one-element array reply (an
+// EXEC that ran one command), or raw itself.
+func SingleElement(raw []byte) []byte {
+	if bytes.HasPrefix(raw, []byte("*1\r\n")) {
+		return raw[4:]
+	}
+	return raw
+}
+
+// AsPush turns, in place, an array reply (a pub/sub message as a RESP2
+// subscriber connection reads it) into a RESP3 push of the same elements.
+func AsPush(raw []byte) []byte {
+	if len(raw) > 0 && raw[0] == '*' {
+		raw[0] = '>'
+	}
+	return raw
+}
