@@ -45,8 +45,10 @@ type output struct {
 	shut       bool         // no more queueing: what comes is dropped
 	queued     atomic.Int32 // requests in the queue
 
-	dirty atomic.Bool
-	mu    sync.Mutex
+	// dirty asks whoever holds mu to drain again before letting go, and
+	// wantFlush to write what it drains (see kick).
+	dirty, wantFlush atomic.Bool
+	mu               sync.Mutex
 	// buf holds replies, in order, not yet written to the client.
 	buf []byte
 	// off is how much of the head's large reply is written already.
@@ -151,16 +153,21 @@ func (o *output) Flush() { o.kick(!o.s.batching.Load()) }
 
 var _ pool.Flusher = (*output)(nil)
 
-// kick drains ready replies if mu is free, and otherwise leaves them to
-// whoever holds it (see the locking rule).
+// kick drains ready replies, and writes them if flush, when mu is free;
+// otherwise it leaves both to whoever holds mu (see the locking rule). The
+// wish to write is set before dirty, so the holder, looking again because
+// of dirty, sees it: no write asked for is ever lost.
 func (o *output) kick(flush bool) {
+	if flush {
+		o.wantFlush.Store(true)
+	}
 	o.dirty.Store(true)
 	for o.dirty.Load() {
 		if !o.mu.TryLock() {
 			return
 		}
 		o.dirty.Store(false)
-		o.drainLocked(flush, false)
+		o.drainLocked(o.wantFlush.Swap(false), false)
 		o.mu.Unlock()
 	}
 }
@@ -283,6 +290,7 @@ func (o *output) writeLoop() {
 	o.mu.Lock()
 	for !o.s.isDead() {
 		o.dirty.Store(false)
+		o.wantFlush.Store(false)
 		o.drainLocked(true, true)
 		if len(o.buf) == 0 && o.off == 0 && !o.dirty.Load() {
 			break

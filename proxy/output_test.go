@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -201,4 +202,36 @@ func TestOutputLimit(t *testing.T) {
 		}
 	}
 	t.Fatalf("not closed with %d bytes held, limit 1 MiB", s.pendingOut.Load())
+}
+
+// TestOutputNoLostFlush races completers that only collect replies (as in a
+// batch) against completers that want them written: every reply a
+// completer wanted written must reach the client without any later kick.
+func TestOutputNoLostFlush(t *testing.T) {
+	s, c := outputPair(t, Options{})
+	stop := make(chan struct{})
+	collected := make(chan struct{})
+	go func() { // a batch collector: never asks for a write
+		defer close(collected)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				s.out.kick(false)
+			}
+		}
+	}()
+	const n = 2000
+	for range n {
+		r := queued(s)
+		r.view = resp.OK
+		r.state.Store(done)
+		s.out.kick(true)
+	}
+	close(stop)
+	<-collected
+	if got := readN(t, c, n*len(resp.OK)); got != strings.Repeat(string(resp.OK), n) {
+		t.Fatal("replies damaged")
+	}
 }
