@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"crypto/sha1"
-	"encoding/hex"
 	"fmt"
 	"strconv"
 	"strings"
@@ -64,12 +62,12 @@ func isScript(name string) bool {
 	return false
 }
 
-// scriptSHA returns the script a call runs: EVAL's body hashed, so EVAL and
-// EVALSHA of one script share cache entries.
-func scriptSHA(name string, args [][]byte) string {
+// scriptSHA returns the script a call runs: EVAL's body hashed (and
+// judged, see scriptBook), so EVAL and EVALSHA of one script share cache
+// entries. FCALL names a function rather than a script.
+func (srv *Server) scriptSHA(name string, args [][]byte) string {
 	if name == "eval" || name == "eval_ro" {
-		sum := sha1.Sum(args[1])
-		return hex.EncodeToString(sum[:])
+		return srv.scripts.learn(args[1])
 	}
 	return strings.ToLower(string(args[1]))
 }
@@ -78,7 +76,7 @@ func scriptSHA(name string, args [][]byte) string {
 // coalesced or cached, and it is deterministic with known keys.
 func (srv *Server) readOnlyCall(info *command.Info, args [][]byte) bool {
 	if isScript(info.Name) {
-		return info.Has(command.ReadOnly) || srv.readOnlyScripts[scriptSHA(info.Name, args)]
+		return info.Has(command.ReadOnly) || srv.scripts.readOnly(srv.scriptSHA(info.Name, args))
 	}
 	return info.Has(command.ReadOnly) && !info.Has(command.Nondeterministic) && !blocks(specOf(info.Name), args)
 }
@@ -99,13 +97,13 @@ func keyStrings(info *command.Info, args [][]byte) ([]string, bool) {
 // a script's body replaced by its SHA1. A RESP3 client's reads are kept
 // apart (their replies have other types), under a key that starts with "3".
 // Two reads share a key only if their parsed commands are identical.
-func readKey(info *command.Info, args [][]byte, resp3 bool) string {
+func (srv *Server) readKey(info *command.Info, args [][]byte, resp3 bool) string {
 	prefix := ""
 	if resp3 {
 		prefix = "3"
 	}
 	if isScript(info.Name) {
-		norm := append([][]byte{[]byte(prefix + strings.TrimSuffix(strings.TrimSuffix(info.Name, "_ro"), "sha")), []byte(scriptSHA(info.Name, args))}, args[2:]...)
+		norm := append([][]byte{[]byte(prefix + strings.TrimSuffix(strings.TrimSuffix(info.Name, "_ro"), "sha")), []byte(srv.scriptSHA(info.Name, args))}, args[2:]...)
 		return string(resp.AppendCommand(nil, norm...))
 	}
 	// One allocation: the builder is sized first and String does not copy.
@@ -144,7 +142,7 @@ func (s *session) tryCache(r *request) bool {
 	if ttl == 0 && s.srv.opts.DisableCoalesce {
 		return false
 	}
-	hit, joined, lead := c.Lookup(s.db, readKey(info, args, s.resp3()), keys, ttl, time.Now(), (*cacheReader)(r))
+	hit, joined, lead := c.Lookup(s.db, s.srv.readKey(info, args, s.resp3()), keys, ttl, time.Now(), (*cacheReader)(r))
 	switch {
 	case hit != nil:
 		r.route = routeCacheHit

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -295,5 +296,41 @@ func TestCoalescingJoinsIdenticalReads(t *testing.T) {
 	t.Logf("500 GETs, upstream ran %d, joined %d", ran, st.Joins)
 	if st.Joins == 0 || ran+int(st.Joins) != 500 {
 		t.Fatalf("upstream ran %d GETs and %d joined, want 500 in all with some joined", ran, st.Joins)
+	}
+}
+
+// TestReadOnlyScriptsLearned: a script funnel saw (EVAL, or SCRIPT LOAD)
+// whose every call names a read-only command is cached without
+// --cache-script; one that writes, or names its command at run time, is
+// not.
+func TestReadOnlyScriptsLearned(t *testing.T) {
+	f := startFunnel(t, Options{CacheRules: []CacheRule{{Pattern: "s:*", TTL: 10 * time.Second}}}, pool.Options{})
+	c := dialRaw(t, f.Addr)
+	for _, k := range []string{"s:r", "s:w", "s:d", "s:l"} {
+		c.do("SET", k, "v")
+	}
+	reads := "local rcall = redis.call\nreturn rcall('GET', KEYS[1])"
+	writes := "redis.call('INCR', 'counter'); return redis.call('GET', KEYS[1])"
+	dynamic := "local c = ARGV[1]; return redis.call(c, KEYS[1])"
+	loaded := "return redis.call('STRLEN', KEYS[1])"
+	sha := strings.Trim(strings.Split(c.do("SCRIPT", "LOAD", loaded), "\r\n")[1], " ")
+	before := f.Redis.CommandStats(t)
+	for range 5 {
+		for _, cmd := range [][]string{
+			{"EVAL", reads, "1", "s:r"}, {"EVAL", writes, "1", "s:w"}, {"EVAL", dynamic, "1", "s:d", "GET"}, {"EVALSHA", sha, "1", "s:l"},
+		} {
+			if got := c.do(cmd...); strings.HasPrefix(got, "-") {
+				t.Fatalf("%v: %q", cmd[:1], got)
+			}
+		}
+	}
+	after := f.Redis.CommandStats(t)
+	// The reading EVAL and EVALSHA went upstream once each; the other two
+	// every time. (Scripts' own calls count in GET and STRLEN.)
+	if n := after["eval"] - before["eval"]; n != 1+5+5 {
+		t.Errorf("upstream ran EVAL %d times, want 11 (the reading script once, the others 5 times each)", n)
+	}
+	if n := after["evalsha"] - before["evalsha"]; n != 1 {
+		t.Errorf("upstream ran EVALSHA of a loaded read-only script %d times, want 1", n)
 	}
 }

@@ -22,8 +22,12 @@ func (s *session) forwardShared(r *request) {
 		return
 	}
 	r.cancellable = r.info != nil && r.info.Has(command.ReadOnly)
-	if r.info != nil && (r.info.Name == "publish" || r.info.Name == "spublish") {
+	switch {
+	case r.info == nil:
+	case r.info.Name == "publish" || r.info.Name == "spublish":
 		r.adjust = adjustPublish
+	case r.info.Name == "script|load":
+		s.srv.scripts.learn(r.args[2]) // so EVALSHA of it may be cached
 	}
 	if s.tryCache(r) {
 		return

@@ -142,7 +142,7 @@ type Server struct {
 	validDBs        sync.Map // db index -> true, once the upstream accepted SELECT of it
 	hub             *hub
 	cache           *cache.Cache    // nil when neither coalescing nor caching is on
-	readOnlyScripts map[string]bool // lower-case SHA1s
+	scripts         *scriptBook
 	closingCh       chan struct{}   // closed when Shutdown begins
 	crossLogged     atomic.Int64    // when a cross-protocol attack was last logged (unix seconds)
 }
@@ -163,10 +163,7 @@ func New(p *pool.Pool, opts Options) *Server {
 		srv.latency[k] = opts.Metrics.Latency.WithLabelValues(routeKind(k).String())
 	}
 	srv.hub = newHub(srv)
-	srv.readOnlyScripts = map[string]bool{}
-	for _, sha := range opts.CacheScripts {
-		srv.readOnlyScripts[strings.ToLower(strings.TrimSpace(sha))] = true
-	}
+	srv.scripts = newScriptBook(opts.CacheScripts)
 	if !opts.DisableCoalesce || len(opts.CacheRules) > 0 {
 		srv.cache = cache.New(opts.CacheMaxBytes, opts.CacheMaxValue)
 		opts.Metrics.WatchCache(srv.cache.Stats)

@@ -1,0 +1,73 @@
+package proxy
+
+import (
+	"crypto/sha1"
+	"encoding/hex"
+	"strings"
+	"sync"
+
+	"github.com/funnel-proxy/funnel/command"
+	"github.com/funnel-proxy/funnel/script"
+)
+
+// scriptBook knows which Lua scripts only read, so that EVAL and EVALSHA of
+// them may be coalesced and cached like any read: the scripts the operator
+// names (--cache-script), and those whose body funnel saw (in an EVAL or a
+// SCRIPT LOAD) and found, from their text, to call only read-only commands
+// (package script). A script only ever run with EVALSHA, loaded by another
+// process, is one funnel cannot judge: name it with --cache-script.
+type scriptBook struct {
+	marked map[string]bool // lower-case SHA1s the operator named
+
+	mu      sync.RWMutex
+	learned map[string]bool // lower-case SHA1 -> the body only reads
+}
+
+// maxLearnedScripts bounds what funnel remembers of scripts it saw; an app
+// has a few dozen. Past it, new scripts are judged again at each EVAL.
+const maxLearnedScripts = 4096
+
+func newScriptBook(marked []string) *scriptBook {
+	b := &scriptBook{marked: map[string]bool{}, learned: map[string]bool{}}
+	for _, sha := range marked {
+		b.marked[strings.ToLower(strings.TrimSpace(sha))] = true
+	}
+	return b
+}
+
+// readOnly reports whether the script with this SHA1 only reads.
+func (b *scriptBook) readOnly(sha string) bool {
+	if b.marked[sha] {
+		return true
+	}
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.learned[sha]
+}
+
+// learn judges a script body funnel saw and returns its SHA1.
+func (b *scriptBook) learn(body []byte) string {
+	sum := sha1.Sum(body)
+	sha := hex.EncodeToString(sum[:])
+	b.mu.RLock()
+	_, known := b.learned[sha]
+	b.mu.RUnlock()
+	if known || b.marked[sha] {
+		return sha
+	}
+	ro := script.ReadOnly(body, commandOnlyReads)
+	b.mu.Lock()
+	if len(b.learned) < maxLearnedScripts {
+		b.learned[sha] = ro
+	}
+	b.mu.Unlock()
+	return sha
+}
+
+// commandOnlyReads reports whether a command a script calls only reads and
+// always answers the same for the same data, as a cached reply needs.
+func commandOnlyReads(name string) bool {
+	info := command.Lookup([][]byte{[]byte(name)})
+	return info != nil && info.Subcommands == nil && info.Has(command.ReadOnly) &&
+		!info.Has(command.Write) && !info.Has(command.Nondeterministic) && !info.Has(command.Blocking)
+}
