@@ -56,14 +56,15 @@ type Cache struct {
 	seed     maphash.Seed
 
 	mu        sync.Mutex
-	clock     uint64                       // advances on every write begun or ended
-	stripes   [stripes]stripe              // by hash of db and key
-	dbEpoch   map[int]uint64               // last whole-db write begun or ended; -1: every db
-	dbPending map[int]int32                // whole-db writes pending
-	keys      map[int]map[string]*keyState // by db: keys with entries or flights
-	entries   map[cmdKey]*entry            // stored replies
-	flights   map[cmdKey]*Flight           // reads in flight that others may join
-	lru       *list.List                   // of *entry, most recent first
+	clock     uint64                        // advances on every write begun or ended
+	stripes   [stripes]stripe               // by hash of db and key
+	dbEpoch   map[int]uint64                // last whole-db write begun or ended; -1: every db
+	dbPending map[int]int32                 // whole-db writes pending
+	keys      map[int]map[string]*keyState  // by db: keys with entries or flights
+	entries   map[cmdKey]*entry             // stored replies
+	flights   map[cmdKey]*Flight            // reads in flight that others may join
+	lru       *list.List                    // of *entry, most recent first
+	known     map[int]map[string]*hashKnown // by db: what hashes hold (see known.go)
 	stats     Stats
 }
 
@@ -108,6 +109,7 @@ func New(maxBytes int64, maxValue int) *Cache {
 		maxBytes: maxBytes, maxValue: maxValue, seed: maphash.MakeSeed(),
 		dbEpoch: map[int]uint64{}, dbPending: map[int]int32{}, keys: map[int]map[string]*keyState{},
 		entries: map[cmdKey]*entry{}, flights: map[cmdKey]*Flight{}, lru: list.New(),
+		known: map[int]map[string]*hashKnown{},
 	}
 }
 
@@ -294,6 +296,7 @@ type Write struct {
 	db      int
 	whole   bool     // the write's keys are unknown: all of db (or every db, -1) is pending
 	stripes []uint32 // the stripes of its keys
+	began   uint64   // the clock when it began
 }
 
 // BeginWrite records a write to keys of db, about to be sent: replies of
@@ -306,8 +309,10 @@ func (c *Cache) BeginWrite(db int, keys [][]byte, expires time.Time, stripes []u
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.clock++
+	w.began = c.clock
 	byKey := c.keys[db]
 	for _, key := range keys {
+		c.forgetKnown(db, key)
 		i := c.stripeIndex(db, key)
 		w.stripes = append(w.stripes, i)
 		st := &c.stripes[i]
@@ -338,6 +343,7 @@ func (c *Cache) BeginWriteDB(db int) Write {
 	c.clock++
 	c.dbEpoch[db] = c.clock
 	c.dbPending[db]++
+	c.forgetKnown(db, nil)
 	for k, e := range c.entries {
 		if db == -1 || k.db == db {
 			c.removeEntry(e)

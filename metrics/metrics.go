@@ -43,6 +43,9 @@ type Metrics struct {
 
 	// Totals of the command counters, for INFO's Funnel section.
 	ClientTotal, UpstreamTotal, LocalTotal atomic.Int64
+	// Absorbed counts HSETs funnel answered itself under an absorb rule
+	// (funnel_absorbed_writes_total).
+	Absorbed atomic.Int64
 
 	reg          prometheus.Registerer
 	cacheWatched bool
@@ -178,6 +181,9 @@ func New(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.ClientCommands, m.UpstreamCommands, m.LocalReplies, m.ClientConnections,
 		m.ClientsAccepted, m.ClientsClosed, m.UpstreamConns, m.UpstreamDials, m.InFlight, m.Errors, m.Latency,
 		m.Panics, m.MemoryWaits)
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "funnel_absorbed_writes_total", Help: "HSET and HMSET commands funnel answered itself because the hash held those values already (--absorb).",
+	}, func() float64 { return float64(m.Absorbed.Load()) }))
 	return m
 }
 

@@ -22,17 +22,30 @@ type lease struct {
 	lane   *pool.Lane
 	state  atomic.Int32 // 0 active, 1 released, 2 discarded
 	ending atomic.Bool  // the client sent its last command for this lease
+	// watched are the keys WATCHed on it, in db, counted in watches until
+	// the lease ends (the WATCH state ends with it upstream).
+	watched []string
+	db      int
+	watches *watchSet
 }
 
 func (l *lease) release() {
 	if l.state.CompareAndSwap(0, 1) {
+		l.unwatch()
 		l.lane.Return(l.conn)
 	}
 }
 
 func (l *lease) discard() {
 	if l.state.CompareAndSwap(0, 2) {
+		l.unwatch()
 		l.lane.Discard(l.conn)
+	}
+}
+
+func (l *lease) unwatch() {
+	if len(l.watched) > 0 {
+		l.watches.remove(l.db, l.watched)
 	}
 }
 

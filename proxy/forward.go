@@ -29,7 +29,7 @@ func (s *session) forwardShared(r *request) {
 	case r.info.Name == "script|load":
 		s.srv.scripts.learn(r.args[2]) // so EVALSHA of it may be cached
 	}
-	if s.tryCache(r) {
+	if s.tryCache(r) || s.tryAbsorb(r) {
 		return
 	}
 	s.beginWrite(r, r.info, r.args)

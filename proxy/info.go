@@ -135,6 +135,7 @@ func (srv *Server) funnelInfo() []byte {
 	line("funnel_client_commands", m.ClientTotal.Load())
 	line("funnel_upstream_commands", m.UpstreamTotal.Load())
 	line("funnel_local_replies", m.LocalTotal.Load())
+	line("funnel_absorbed_writes", m.Absorbed.Load())
 	line("funnel_buffered_bytes", m.Buffered.Load())
 	line("funnel_max_memory", srv.opts.MaxMemory)
 	return srv.cacheInfo(b)

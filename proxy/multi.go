@@ -120,6 +120,7 @@ func cmdWatch(s *session, r *request) {
 		return
 	}
 	if s.lease != nil {
+		s.watchKeys(r)
 		s.send(r)
 		return
 	}
@@ -141,9 +142,23 @@ func cmdWatch(s *session, r *request) {
 			r.Complete(nil, laneError(err, s.srv.opts.ExclusiveWait))
 		default:
 			s.lease = l
+			s.watchKeys(r)
 			s.send(r)
 		}
 	})
+}
+
+// watchKeys records the keys WATCH r names on the client's lease, so no
+// write to them is absorbed while the WATCH holds.
+func (s *session) watchKeys(r *request) {
+	l := s.lease
+	if l.watches == nil {
+		l.watches, l.db = &s.srv.watches, s.db
+	}
+	s.srv.watches.add(s.db, r.args[1:])
+	for _, k := range r.args[1:] {
+		l.watched = append(l.watched, string(k))
+	}
 }
 
 func cmdUnwatch(s *session, r *request) {

@@ -68,6 +68,9 @@ type request struct {
 	oneShot *pool.Conn
 	// wait is the blocking command's state for CLIENT UNBLOCK, ended with it.
 	wait *blockingWait
+	// absorb, on an HSET funnel could not absorb, teaches funnel the values
+	// if it succeeds (see tryAbsorb).
+	absorb *absorbPlan
 
 	rawBuf []byte // reusable storage for Raw
 	argBuf [][]byte
@@ -236,6 +239,9 @@ func (r *request) finish(reply []byte, err error, share *sharedReply) (joiners [
 	}
 	// The write's keys stop being pending before its client can see the
 	// reply, so the client's next read is never served from before it.
+	if r.absorb != nil && err == nil && len(r.writes) == 1 && !resp.IsError(reply) {
+		r.learnHash(r.writes[0])
+	}
 	for _, w := range r.writes {
 		srv.cache.EndWrite(w)
 	}

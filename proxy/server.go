@@ -65,6 +65,7 @@ type Options struct {
 	MaxMultiBytes   int         // largest transaction funnel buffers between MULTI and EXEC (default 64 MiB)
 	DisableCoalesce bool        // do not merge identical reads in flight
 	CacheRules      []CacheRule // which keys' reads are cached, and for how long
+	AbsorbRules     []AbsorbRule // which hashes' idempotent HSETs funnel may answer itself (opt-in; see AbsorbRule)
 	CacheScripts    []string    // SHA1s of scripts that only read (cacheable EVAL/EVALSHA)
 	CacheMaxBytes   int64       // cache memory bound (default 64 MiB)
 	CacheMaxValue   int         // largest reply cached (default 1 MiB)
@@ -143,6 +144,7 @@ type Server struct {
 	hub             *hub
 	cache           *cache.Cache    // nil when neither coalescing nor caching is on
 	scripts         *scriptBook
+	watches         watchSet // keys funnel's clients WATCH
 	closingCh       chan struct{}   // closed when Shutdown begins
 	crossLogged     atomic.Int64    // when a cross-protocol attack was last logged (unix seconds)
 }
@@ -164,7 +166,7 @@ func New(p *pool.Pool, opts Options) *Server {
 	}
 	srv.hub = newHub(srv)
 	srv.scripts = newScriptBook(opts.CacheScripts)
-	if !opts.DisableCoalesce || len(opts.CacheRules) > 0 {
+	if !opts.DisableCoalesce || len(opts.CacheRules) > 0 || len(opts.AbsorbRules) > 0 {
 		srv.cache = cache.New(opts.CacheMaxBytes, opts.CacheMaxValue)
 		opts.Metrics.WatchCache(srv.cache.Stats)
 	}

@@ -1,0 +1,106 @@
+package cache
+
+import "time"
+
+// Known field values of hashes, for absorbing idempotent writes: an HSET of
+// fields a hash is known to hold already, with the same values, is
+// answered without sending it (see proxy's absorb rules). What funnel knows
+// comes from a write of those fields it forwarded and saw succeed; any
+// write to the key that begins after (any command that may write it, DEL
+// and EXPIRE included) forgets it, as does the end of the rule's window.
+// Knowledge counts only once confirmed: funnel asked, after the write, and
+// the key had no expiry (an expiry funnel did not see could make the hash
+// vanish while funnel still answers for it).
+
+type hashKnown struct {
+	fields    map[string]string
+	until     time.Time // the rule's window ends
+	confirmed bool      // the key was seen to have no expiry since it was learnt
+	gen       uint64    // tells one learning from the next, for Confirm
+}
+
+// LearnHash records, as w (a write of pairs, field then value, to key of
+// db) ends with success, that the hash holds those values, until until.
+// It must be called just before EndWrite(w). It learns nothing when another
+// write to the key (or to a key that shares its tracker) began or ended
+// since w began: then the values might not be the last ones. It returns
+// what Confirm needs.
+func (c *Cache) LearnHash(w Write, db int, key []byte, pairs [][]byte, until time.Time) (gen uint64, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := &c.stripes[c.stripeIndex(db, key)]
+	if w.whole || st.pending != 1 || st.version != w.began || c.dbPending[db] > 0 || c.dbPending[-1] > 0 {
+		return 0, false
+	}
+	byKey := c.known[db]
+	if byKey == nil {
+		if len(c.known) >= 64 {
+			return 0, false
+		}
+		byKey = map[string]*hashKnown{}
+		c.known[db] = byKey
+	}
+	if len(byKey) >= maxKnownHashes {
+		return 0, false
+	}
+	c.clock++
+	hk := &hashKnown{fields: make(map[string]string, len(pairs)/2), until: until, gen: c.clock}
+	for i := 0; i+1 < len(pairs); i += 2 {
+		hk.fields[string(pairs[i])] = string(pairs[i+1])
+	}
+	byKey[string(key)] = hk
+	return hk.gen, true
+}
+
+// maxKnownHashes bounds the hashes known per db; absorb rules name a few
+// keys (BullMQ's meta hash per queue).
+const maxKnownHashes = 10000
+
+// ConfirmNoExpiry records that the key, learnt as gen, had no expiry when
+// funnel asked after learning it.
+func (c *Cache) ConfirmNoExpiry(db int, key []byte, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if hk := c.known[db][string(key)]; hk != nil && hk.gen == gen {
+		hk.confirmed = true
+	}
+}
+
+// HashHolds reports whether the hash at key of db is known to hold every
+// field of pairs with the value pairs gives it, now: learnt and confirmed,
+// within its window, with no write to the key pending and no expiry funnel
+// saw given to it.
+func (c *Cache) HashHolds(db int, key []byte, pairs [][]byte, now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	hk := c.known[db][string(key)]
+	if hk == nil || !hk.confirmed || !now.Before(hk.until) {
+		return false
+	}
+	st := &c.stripes[c.stripeIndex(db, key)]
+	if st.pending > 0 || st.expires != 0 || c.dbPending[db] > 0 || c.dbPending[-1] > 0 {
+		return false
+	}
+	for i := 0; i+1 < len(pairs); i += 2 {
+		v, ok := hk.fields[string(pairs[i])]
+		if !ok || v != string(pairs[i+1]) {
+			return false
+		}
+	}
+	return true
+}
+
+// forgetKnown drops what is known of key in db (db -1: of every db; key
+// nil: of every key). mu must be held.
+func (c *Cache) forgetKnown(db int, key []byte) {
+	switch {
+	case db == -1:
+		clear(c.known)
+	case key == nil:
+		delete(c.known, db)
+	default:
+		if byKey := c.known[db]; byKey != nil {
+			delete(byKey, string(key))
+		}
+	}
+}

@@ -1,0 +1,132 @@
+package proxy
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/funnel-proxy/funnel/pool"
+)
+
+// hsetCount returns how many HSET and HMSET the upstream ran.
+func hsetCount(t *testing.T, f *funnel) int {
+	t.Helper()
+	st := f.Redis.CommandStats(t)
+	return st["hset"] + st["hmset"]
+}
+
+// learnt writes the hash through c and waits until funnel knows it (its
+// expiry check answered), so the next identical write may be absorbed.
+func learnt(t *testing.T, f *funnel, c *rawConn, args ...string) {
+	t.Helper()
+	if got := c.do(args...); got[0] == '-' {
+		t.Fatalf("%v: %q", args, got)
+	}
+	waitUntil(t, 5*time.Second, "funnel to check the key's expiry", func() bool {
+		return f.Redis.CommandStats(t)["pttl"] > 0 && f.Server.cache.HashHolds(0, []byte(args[1]), toBytes(args[2:]), time.Now())
+	})
+}
+
+func toBytes(ss []string) [][]byte {
+	var out [][]byte
+	for _, s := range ss {
+		out = append(out, []byte(s))
+	}
+	return out
+}
+
+// TestAbsorbIdempotentHSET: under an absorb rule, an HSET of values the hash
+// is known to hold is answered by funnel, and everything that could make
+// that wrong sends it upstream instead.
+func TestAbsorbIdempotentHSET(t *testing.T) {
+	f := startFunnel(t, Options{AbsorbRules: []AbsorbRule{{Pattern: "meta:*", Window: time.Minute}, {Pattern: "short:*", Window: 300 * time.Millisecond}}}, pool.Options{})
+	c := dialRaw(t, f.Addr)
+	learnt(t, f, c, "HSET", "meta:q", "opts.maxLenEvents", "10000", "version", "bullmq:6.7.0")
+	base := hsetCount(t, f)
+	for range 10 {
+		if got := c.do("HSET", "meta:q", "opts.maxLenEvents", "10000", "version", "bullmq:6.7.0"); got != ":0\r\n" {
+			t.Fatalf("absorbed HSET: %q", got)
+		}
+		if got := c.do("HMSET", "meta:q", "version", "bullmq:6.7.0"); got != "+OK\r\n" {
+			t.Fatalf("absorbed HMSET: %q", got)
+		}
+	}
+	if n := hsetCount(t, f) - base; n != 0 {
+		t.Fatalf("upstream ran %d HSETs the hash already held", n)
+	}
+	if got := f.Server.metrics.Absorbed.Load(); got != 20 {
+		t.Errorf("absorbed %d, want 20", got)
+	}
+	sent := func(what string, args ...string) {
+		t.Helper()
+		before := hsetCount(t, f)
+		c.do(args...)
+		if hsetCount(t, f) == before {
+			t.Errorf("%s: absorbed, want sent upstream", what)
+		}
+	}
+	sent("another value", "HSET", "meta:q", "version", "bullmq:7")
+	learnt(t, f, c, "HSET", "meta:q", "version", "bullmq:6.7.0")
+	sent("a field funnel does not know", "HSET", "meta:q", "version", "bullmq:6.7.0", "paused", "1")
+
+	// Any write to the key forgets what funnel knew.
+	for _, w := range [][]string{{"DEL", "meta:q"}, {"HINCRBY", "meta:q", "n", "1"}, {"PERSIST", "meta:q"}} {
+		learnt(t, f, c, "HSET", "meta:q", "version", "bullmq:6.7.0")
+		c.do(w...)
+		sent("after "+w[0], "HSET", "meta:q", "version", "bullmq:6.7.0")
+	}
+	// Inside MULTI, and while any client watches the key.
+	learnt(t, f, c, "HSET", "meta:q", "version", "bullmq:6.7.0")
+	c.do("MULTI")
+	c.do("HSET", "meta:q", "version", "bullmq:6.7.0")
+	before := hsetCount(t, f)
+	c.do("EXEC")
+	if hsetCount(t, f) == before {
+		t.Error("an HSET inside MULTI was absorbed")
+	}
+	learnt(t, f, c, "HSET", "meta:q", "version", "bullmq:6.7.0")
+	watcher := dialRaw(t, f.Addr)
+	watcher.do("WATCH", "meta:q")
+	sent("while another client watches the key", "HSET", "meta:q", "version", "bullmq:6.7.0")
+	watcher.do("UNWATCH")
+	learnt(t, f, c, "HSET", "meta:q", "version", "bullmq:6.7.0")
+	if got := c.do("HSET", "meta:q", "version", "bullmq:6.7.0"); got != ":0\r\n" {
+		t.Errorf("after the WATCH ended: %q, want absorbed", got)
+	}
+
+	// An expiry funnel did not see (set directly upstream): never absorbed.
+	if _, err := f.Redis.Do("HSET", "meta:ttl", "a", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Redis.Do("PEXPIRE", "meta:ttl", "100000"); err != nil {
+		t.Fatal(err)
+	}
+	c.do("HSET", "meta:ttl", "a", "1")
+	time.Sleep(200 * time.Millisecond) // the expiry check comes back
+	sent("a key with an expiry funnel did not set", "HSET", "meta:ttl", "a", "1")
+	// An expiry funnel saw.
+	learnt(t, f, c, "HSET", "meta:seen", "a", "1")
+	c.do("PEXPIRE", "meta:seen", "100000")
+	learntOrNot := hsetCount(t, f)
+	c.do("HSET", "meta:seen", "a", "1")
+	if hsetCount(t, f) == learntOrNot {
+		t.Error("absorbed an HSET of a key funnel saw given an expiry")
+	}
+
+	// The window.
+	learnt(t, f, c, "HSET", "short:q", "a", "1")
+	time.Sleep(400 * time.Millisecond)
+	sent("after the rule's window", "HSET", "short:q", "a", "1")
+
+	// Keys no rule names are never absorbed.
+	c.do("HSET", "other:q", "a", "1")
+	time.Sleep(100 * time.Millisecond)
+	sent("no rule", "HSET", "other:q", "a", "1")
+
+	info := c.do("INFO", "funnel")
+	if want := "funnel_absorbed_writes:" + strconv.FormatInt(f.Server.metrics.Absorbed.Load(), 10); !strings.Contains(info, want) {
+		t.Errorf("INFO funnel lacks %q", want)
+	}
+}
+
