@@ -129,4 +129,3 @@ func TestAbsorbIdempotentHSET(t *testing.T) {
 		t.Errorf("INFO funnel lacks %q", want)
 	}
 }
-

@@ -160,6 +160,13 @@ func (s *session) forwardBlocking(r *request) {
 	s.mu.Lock()
 	s.blocking = bw
 	s.mu.Unlock()
+	if key, ok := s.shareable(r, bt); ok {
+		s.offload(func() {
+			defer cancel(nil)
+			s.waitShared(ctx, r, key, bt, bw)
+		})
+		return
+	}
 	s.offload(func() {
 		defer cancel(nil)
 		s.borrowAndSend(ctx, r, bt, bw)

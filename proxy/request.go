@@ -297,6 +297,10 @@ func (r *request) finish(reply []byte, err error, share *sharedReply) (joiners [
 // without copying: a constant or a fresh buffer nobody else writes.
 func (r *request) completeLocal(reply []byte) {
 	s := r.s
+	if r.blocked {
+		s.srv.blockedClients.Add(-1)
+		r.blocked = false
+	}
 	r.view = reply
 	s.held(int64(len(reply)))
 	if !r.state.CompareAndSwap(pending, done) {

@@ -62,13 +62,14 @@ type Options struct {
 	// 60s; negative: never, every INFO is fetched). Any later INFO is
 	// fetched anew.
 	InfoTTL         time.Duration
-	MaxMultiBytes   int         // largest transaction funnel buffers between MULTI and EXEC (default 64 MiB)
-	DisableCoalesce bool        // do not merge identical reads in flight
-	CacheRules      []CacheRule // which keys' reads are cached, and for how long
+	MaxMultiBytes   int          // largest transaction funnel buffers between MULTI and EXEC (default 64 MiB)
+	DisableCoalesce bool         // do not merge identical reads in flight
+	CacheRules      []CacheRule  // which keys' reads are cached, and for how long
 	AbsorbRules     []AbsorbRule // which hashes' idempotent HSETs funnel may answer itself (opt-in; see AbsorbRule)
-	CacheScripts    []string    // SHA1s of scripts that only read (cacheable EVAL/EVALSHA)
-	CacheMaxBytes   int64       // cache memory bound (default 64 MiB)
-	CacheMaxValue   int         // largest reply cached (default 1 MiB)
+	ShareWaits      []string     // globs of keys whose blocking waits clients share (opt-in; see waitHub)
+	CacheScripts    []string     // SHA1s of scripts that only read (cacheable EVAL/EVALSHA)
+	CacheMaxBytes   int64        // cache memory bound (default 64 MiB)
+	CacheMaxValue   int          // largest reply cached (default 1 MiB)
 	Logger          *slog.Logger
 	Metrics         *metrics.Metrics
 }
@@ -134,19 +135,20 @@ type Server struct {
 	closing   bool
 	dbPools   map[poolKey]*pool.Pool // pools other than the main one, made on first use
 
-	nextID          atomic.Int64
-	wg              sync.WaitGroup // sessions and the goroutines they start
-	blockedClients  atomic.Int64   // clients with a blocking command waiting or blocked
-	infoCache       replyCache
-	commandCache    replyCache
-	version         atomic.Pointer[string]
-	validDBs        sync.Map // db index -> true, once the upstream accepted SELECT of it
-	hub             *hub
-	cache           *cache.Cache    // nil when neither coalescing nor caching is on
-	scripts         *scriptBook
-	watches         watchSet // keys funnel's clients WATCH
-	closingCh       chan struct{}   // closed when Shutdown begins
-	crossLogged     atomic.Int64    // when a cross-protocol attack was last logged (unix seconds)
+	nextID         atomic.Int64
+	wg             sync.WaitGroup // sessions and the goroutines they start
+	blockedClients atomic.Int64   // clients with a blocking command waiting or blocked
+	infoCache      replyCache
+	commandCache   replyCache
+	version        atomic.Pointer[string]
+	validDBs       sync.Map // db index -> true, once the upstream accepted SELECT of it
+	hub            *hub
+	cache          *cache.Cache // nil when neither coalescing nor caching is on
+	scripts        *scriptBook
+	watches        watchSet // keys funnel's clients WATCH
+	waits          *waitHub
+	closingCh      chan struct{} // closed when Shutdown begins
+	crossLogged    atomic.Int64  // when a cross-protocol attack was last logged (unix seconds)
 }
 
 // New returns a server that sends upstream work to p.
@@ -165,6 +167,7 @@ func New(p *pool.Pool, opts Options) *Server {
 		srv.latency[k] = opts.Metrics.Latency.WithLabelValues(routeKind(k).String())
 	}
 	srv.hub = newHub(srv)
+	srv.waits = newWaitHub(srv)
 	srv.scripts = newScriptBook(opts.CacheScripts)
 	if !opts.DisableCoalesce || len(opts.CacheRules) > 0 || len(opts.AbsorbRules) > 0 {
 		srv.cache = cache.New(opts.CacheMaxBytes, opts.CacheMaxValue)

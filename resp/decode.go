@@ -7,8 +7,8 @@ import "bytes"
 // reply, as ReplyScanner delimits it.
 
 // FlatArray returns the elements of an array or push of bulk strings,
-// integers or simple strings, as their raw text: a pub/sub message or
-// confirmation. It returns nil for anything else.
+// integers, doubles or simple strings, as their raw text: a pub/sub message
+// or confirmation, a popped element. It returns nil for anything else.
 func FlatArray(raw []byte) [][]byte {
 	if len(raw) == 0 || (raw[0] != '*' && raw[0] != '>') {
 		return nil
@@ -36,7 +36,7 @@ func FlatArray(raw []byte) [][]byte {
 			}
 			out = append(out, raw[j+2:j+2+l])
 			raw = raw[j+4+l:]
-		case ':', '+':
+		case ':', '+', ',':
 			out = append(out, raw[1:j])
 			raw = raw[j+2:]
 		default:

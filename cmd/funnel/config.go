@@ -48,6 +48,10 @@ type config struct {
 	coalesce           bool
 	cache              []string
 	cacheRules         []proxy.CacheRule
+	absorb             []string
+	absorbRules        []proxy.AbsorbRule
+	shareWaits         []string
+	preset             string
 	cacheScripts       []string
 	cacheMaxBytes      int64
 	cacheMaxValue      int
@@ -130,6 +134,9 @@ func (c *config) newFlagSet(out io.Writer) *pflag.FlagSet {
 	fs.IntVar(&c.maxMultiBytes, "max-multi-bytes", 64<<20, "largest transaction buffered between MULTI and EXEC, in bytes")
 	fs.BoolVar(&c.coalesce, "coalesce", true, "merge identical read-only commands in flight at the same time into one upstream request")
 	fs.StringArrayVar(&c.cache, "cache", nil, "cache reads of keys matching PATTERN for TTL: PATTERN=TTL, repeatable or comma separated (e.g. 'bull:*=2s')")
+	fs.StringArrayVar(&c.absorb, "absorb", nil, "answer an HSET/HMSET of a hash matching PATTERN itself when the hash is known to hold those values, for WINDOW after funnel saw them written: PATTERN=WINDOW, repeatable or comma separated (e.g. 'bull:*:meta=60s'); see the README for the risk")
+	fs.StringSliceVar(&c.shareWaits, "share-waits", nil, "globs of keys whose blocking waits clients share (BLPOP, BRPOP, BZPOPMIN, BZPOPMAX of one key; XREAD BLOCK of explicit IDs), repeatable or comma separated (e.g. 'bull:*')")
+	fs.StringVar(&c.preset, "preset", "", "turn on the rules recommended for an app: bullmq (see the README); rules given besides add to it or replace its rule for the same pattern")
 	fs.StringSliceVar(&c.cacheScripts, "cache-script", nil, "SHA1 of a Lua script that only reads, so EVAL/EVALSHA of it may be cached (repeatable)")
 	fs.Int64Var(&c.cacheMaxBytes, "cache-max-bytes", 64<<20, "memory for cached replies; least recently used go first")
 	fs.IntVar(&c.cacheMaxValue, "cache-max-value", 1<<20, "largest reply that is cached, in bytes")

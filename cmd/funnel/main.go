@@ -110,7 +110,7 @@ func runWithReload(ctx context.Context, args []string, stdout io.Writer, getenv 
 		MaxExclusive: cfg.maxExclusive, ExclusiveIdle: cfg.exclusiveIdle,
 		Logger: log, Metrics: m,
 	})
-	srv := proxy.New(p, proxy.Options{
+	popts := proxy.Options{
 		MaxClients: cfg.maxClients, RequirePass: cfg.requirePass, Deny: cfg.deny,
 		Limits:            cfg.limits(),
 		ClientOutputLimit: cfg.clientOutputLimit, ClientWriteTimeout: cfg.clientWriteTimeout,
@@ -118,8 +118,14 @@ func runWithReload(ctx context.Context, args []string, stdout io.Writer, getenv 
 		MaxMemory: cfg.maxMemory, ExclusiveWait: cfg.exclusiveWait,
 		DisableCoalesce: !cfg.coalesce, CacheRules: cfg.cacheRules, CacheScripts: cfg.cacheScripts,
 		CacheMaxBytes: cfg.cacheMaxBytes, CacheMaxValue: cfg.cacheMaxValue,
+		AbsorbRules: cfg.absorbRules, ShareWaits: cfg.shareWaits,
 		Logger: log, Metrics: m,
-	})
+	}
+	if preset, ok := proxy.Presets[cfg.preset]; ok {
+		preset.Apply(&popts)
+		log.Info("preset "+preset.Name, "rules", preset.String())
+	}
+	srv := proxy.New(p, popts)
 
 	ln, err := listen(cfg.listen)
 	if err != nil {

@@ -116,12 +116,34 @@ func (c *config) validate() []string {
 			c.cacheRules = append(c.cacheRules, cr)
 		}
 	}
+	c.absorbRules = nil
+	clear(seen)
+	for _, v := range c.absorb {
+		for _, rule := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' }) {
+			ar, err := proxy.ParseAbsorbRule(rule)
+			if err != nil {
+				bad("absorb", "%v", err)
+				continue
+			}
+			if seen[ar.Pattern] {
+				bad("absorb", "pattern %q has two rules: keep one", ar.Pattern)
+				continue
+			}
+			seen[ar.Pattern] = true
+			c.absorbRules = append(c.absorbRules, ar)
+		}
+	}
+	if c.preset != "" {
+		if _, ok := proxy.Presets[c.preset]; !ok {
+			bad("preset", "%q is not a preset funnel knows: the one there is is bullmq", c.preset)
+		}
+	}
 	for _, sha := range c.cacheScripts {
 		if !isSHA1(strings.TrimSpace(sha)) {
 			bad("cache-script", "%q is not a script's SHA1: want 40 hex digits, as SCRIPT LOAD returns", sha)
 		}
 	}
-	if len(c.cacheScripts) > 0 && !c.coalesce && len(c.cacheRules) == 0 {
+	if len(c.cacheScripts) > 0 && !c.coalesce && len(c.cacheRules) == 0 && c.preset == "" {
 		bad("cache-script", "has no effect with --coalesce=false and no --cache rule: a script's reply is cached only for keys a rule matches")
 	}
 	for _, d := range c.deny {

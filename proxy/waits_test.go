@@ -1,0 +1,270 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"math/rand"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/funnel-proxy/funnel/pool"
+	"github.com/redis/go-redis/v9"
+)
+
+// TestSharedPopsExactlyOnce pushes N elements to K clients blocked in BLPOP
+// or BZPOPMIN on one key, while clients come and go (some leave mid-wait,
+// some time out, new ones arrive), and checks that every element is
+// received exactly once, or is still in the list: none lost, none twice.
+func TestSharedPopsExactlyOnce(t *testing.T) {
+	for _, kind := range []string{"list", "zset"} {
+		t.Run(kind, func(t *testing.T) {
+			f := startFunnel(t, Options{ShareWaits: []string{"q:*"}}, pool.Options{MaxExclusive: 4})
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			const n = 600
+			key := "q:" + kind
+			var mu sync.Mutex
+			got := map[string]int{}
+			var stop atomic.Bool
+			var wg sync.WaitGroup
+			for c := 0; c < 12; c++ {
+				wg.Add(1)
+				go func(c int) {
+					defer wg.Done()
+					rng := rand.New(rand.NewSource(int64(c)))
+					for !stop.Load() {
+						// A fresh client for a few pops, then it leaves; some
+						// leave while blocked.
+						rdb := redis.NewClient(&redis.Options{Addr: f.Addr, PoolSize: 1, MaxRetries: -1, ReadTimeout: -1})
+						for i := rng.Intn(5); i >= 0 && !stop.Load(); i-- {
+							timeout := time.Duration(50+rng.Intn(300)) * time.Millisecond
+							if rng.Intn(8) == 0 {
+								// Leave mid-wait: close the connection under the BLPOP.
+								go func() { time.Sleep(timeout / 2); rdb.Close() }()
+							}
+							var member string
+							var err error
+							if kind == "list" {
+								var v []string
+								v, err = rdb.BLPop(ctx, timeout, key).Result()
+								if err == nil {
+									member = v[1]
+								}
+							} else {
+								var z *redis.ZWithKey
+								z, err = rdb.BZPopMin(ctx, timeout, key).Result()
+								if err == nil {
+									member = z.Member.(string)
+								}
+							}
+							if err == nil {
+								mu.Lock()
+								got[member]++
+								mu.Unlock()
+							} else if err != redis.Nil {
+								break // closed under it
+							}
+						}
+						rdb.Close()
+					}
+				}(c)
+			}
+			pusher := f.client(t)
+			for i := 0; i < n; i++ {
+				el := fmt.Sprint("e", i)
+				var err error
+				if kind == "list" {
+					err = pusher.RPush(ctx, key, el).Err()
+				} else {
+					err = pusher.ZAdd(ctx, key, redis.Z{Score: float64(i), Member: el}).Err()
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if i%50 == 0 {
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for time.Now().Before(deadline) {
+				mu.Lock()
+				done := len(got)
+				mu.Unlock()
+				if done == n {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			stop.Store(true)
+			wg.Wait()
+			// What is left in Redis counts as not received.
+			var left []string
+			if kind == "list" {
+				left, _ = pusher.LRange(ctx, key, 0, -1).Result()
+			} else {
+				left, _ = pusher.ZRange(ctx, key, 0, -1).Result()
+			}
+			for _, el := range left {
+				got[el] += 0
+				if got[el] > 0 {
+					t.Errorf("%s was received and is still in the %s", el, kind)
+				}
+			}
+			missing, twice := 0, 0
+			for i := 0; i < n; i++ {
+				el := fmt.Sprint("e", i)
+				c, ok := got[el]
+				inRedis := false
+				for _, l := range left {
+					if l == el {
+						inRedis = true
+					}
+				}
+				switch {
+				case c > 1:
+					twice++
+				case !ok && !inRedis, c == 0 && !inRedis:
+					missing++
+				}
+			}
+			stats := f.Redis.CommandStats(t)
+			t.Logf("%d elements: %d received, %d left in Redis; upstream ran %v", n, len(got)-len(left), len(left), statsOf(stats, "blpop", "bzpopmin", "client|unblock", "lpush", "zadd"))
+			if missing > 0 || twice > 0 {
+				t.Fatalf("%d elements lost, %d received twice", missing, twice)
+			}
+		})
+	}
+}
+
+func statsOf(stats map[string]int, names ...string) string {
+	var b strings.Builder
+	for _, n := range names {
+		fmt.Fprintf(&b, "%s=%d ", n, stats[n])
+	}
+	return b.String()
+}
+
+// TestSharedPopsHalveUpstreamPops: two idle clients blocked on one key cost
+// the upstream one blocking pop per round, not two, and each still gets
+// Redis's timeout reply at its own timeout.
+func TestSharedPopsHalveUpstreamPops(t *testing.T) {
+	f := startFunnel(t, Options{ShareWaits: []string{"bull:*"}}, pool.Options{})
+	ctx := context.Background()
+	a, b := f.client(t), f.client(t)
+	a.Ping(ctx)
+	b.Ping(ctx)
+	before := f.Redis.CommandStats(t)["bzpopmin"]
+	var wg sync.WaitGroup
+	for _, c := range []*redis.Client{a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 3 {
+				// go-redis sends whole seconds: 1 s is the least.
+				start := time.Now()
+				if _, err := c.BZPopMin(ctx, time.Second, "bull:q:marker").Result(); err != redis.Nil {
+					t.Errorf("BZPOPMIN: %v, want the timeout reply", err)
+				}
+				if d := time.Since(start); d < time.Second || d > time.Second+timingSlack*400*time.Millisecond {
+					t.Errorf("timed out after %v, want about 1s", d)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := f.Redis.CommandStats(t)["bzpopmin"] - before; n > 4 {
+		t.Errorf("upstream ran %d BZPOPMIN for 2 clients × 3 rounds, want about 3", n)
+	}
+}
+
+// TestSharedXReadFansOut: identical XREAD BLOCK waits share one upstream
+// XREAD, and every waiter gets the entry.
+func TestSharedXReadFansOut(t *testing.T) {
+	f := startFunnel(t, Options{ShareWaits: []string{"bull:*"}}, pool.Options{})
+	ctx := context.Background()
+	id, err := f.client(t).XAdd(ctx, &redis.XAddArgs{Stream: "bull:q:events", Values: []string{"event", "first"}}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := f.Redis.CommandStats(t)["xread"]
+	var wg sync.WaitGroup
+	var received atomic.Int32
+	for range 5 {
+		c := f.client(t)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := c.XRead(ctx, &redis.XReadArgs{Streams: []string{"bull:q:events", id}, Block: 5 * time.Second}).Result()
+			if err != nil || len(res) != 1 || len(res[0].Messages) != 1 || res[0].Messages[0].Values["event"] != "second" {
+				t.Errorf("XREAD: %+v %v", res, err)
+				return
+			}
+			received.Add(1)
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := f.client(t).XAdd(ctx, &redis.XAddArgs{Stream: "bull:q:events", Values: []string{"event", "second"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if n := f.Redis.CommandStats(t)["xread"] - before; received.Load() != 5 || n > 2 {
+		t.Errorf("%d of 5 waiters got the entry; upstream ran XREAD %d times, want 1", received.Load(), n)
+	}
+}
+
+// TestSharedPopDepartureRace races a waiter's departure against an
+// element's arrival, many times: the last waiter of a shared pop hangs up
+// (half-closing, so it still reads what funnel sent before closing) just as
+// an element is pushed. Each element must end up either read by the waiter
+// or back in the list: funnel unblocks the upstream pop it no longer needs
+// and puts back an element that pop took.
+func TestSharedPopDepartureRace(t *testing.T) {
+	f := startFunnel(t, Options{ShareWaits: []string{"q:*"}}, pool.Options{})
+	rng := rand.New(rand.NewSource(1))
+	received, back := 0, 0
+	for i := 0; i < 150; i++ {
+		key := fmt.Sprint("q:race", i%3)
+		el := fmt.Sprint("e", i)
+		w := dialRaw(t, f.Addr)
+		w.send("BLPOP", key, "5")
+		waitUntil(t, 5*time.Second, "the waiter to block", func() bool { return f.Server.blockedClients.Load() == 1 })
+		time.Sleep(time.Duration(rng.Intn(3)) * time.Millisecond)
+		go func() {
+			time.Sleep(time.Duration(rng.Intn(2000)) * time.Microsecond)
+			f.Redis.Do("RPUSH", key, el)
+		}()
+		time.Sleep(time.Duration(rng.Intn(2000)) * time.Microsecond)
+		w.conn.(interface{ CloseWrite() error }).CloseWrite()
+		reply, _ := w.tryReply(5 * time.Second)
+		got := strings.Contains(reply, el)
+		// Whatever funnel still does with the element is done once the
+		// waiter is gone and the pop unblocked; give it a moment.
+		var inList bool
+		for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			lst, _ := f.Redis.Do("LPOS", key, el)
+			if inList = strings.HasPrefix(lst, ":"); inList || got {
+				break
+			}
+		}
+		switch {
+		case got && inList:
+			t.Fatalf("element %d read by the waiter and still in the list: given twice", i)
+		case !got && !inList:
+			t.Fatalf("element %d lost: not read by the waiter, not in the list", i)
+		case got:
+			received++
+		default:
+			back++
+		}
+		f.Redis.Do("DEL", key)
+		waitUntil(t, 5*time.Second, "the waiter to be gone", func() bool { return f.Server.blockedClients.Load() == 0 })
+	}
+	stats := f.Redis.CommandStats(t)
+	t.Logf("150 races: %d elements read by the waiter, %d left in or put back into the list; upstream ran %s", received, back, statsOf(stats, "blpop", "client|unblock", "lpush"))
+	if stats["client|unblock"] == 0 {
+		t.Error("no CLIENT UNBLOCK: the race never reached the early end of a shared pop")
+	}
+}
