@@ -114,6 +114,12 @@ func (u Upstream) dial(ctx context.Context, timeout time.Duration, wantID bool, 
 		case resp.IsError(r):
 			nc.Close()
 			return nil, 0, &LoginError{Reply: string(bytes.TrimSpace(r[1:]))}
+		case name == "hello" && wantID:
+			id = helloID(r)
+		}
+		if resp.IsError(r) {
+			nc.Close()
+			return nil, 0, &LoginError{Reply: string(bytes.TrimSpace(r[1:]))}
 		}
 	}
 	return nc, id, nil
@@ -150,8 +156,9 @@ func (u Upstream) connect(ctx context.Context, timeout time.Duration) (net.Conn,
 
 // loginCommands returns what a new connection sends before any request:
 // HELLO 3 (with AUTH) for RESP3, else AUTH when there is a password; then
-// SELECT when the db is not 0; then, with wantID, CLIENT ID. It also
-// returns the command names, one per reply, for the bill.
+// SELECT when the db is not 0; then, with wantID, CLIENT ID, unless HELLO's
+// reply carries the id already. It also returns the command names, one per
+// reply, for the bill.
 func (u Upstream) loginCommands(wantID bool) ([]byte, []string) {
 	var b []byte
 	var names []string
@@ -178,11 +185,24 @@ func (u Upstream) loginCommands(wantID bool) ([]byte, []string) {
 		b = resp.AppendCommand(b, []byte("SELECT"), []byte(strconv.Itoa(u.DB)))
 		names = append(names, "select")
 	}
-	if wantID {
+	if wantID && u.Proto != 3 {
 		b = resp.AppendCommand(b, []byte("CLIENT"), []byte("ID"))
 		names = append(names, "client|id")
 	}
 	return b, names
+}
+
+// helloID returns the "id" field of a HELLO reply, or 0. The reply is a map
+// whose fields before "modules" are all scalars, and "id" comes first.
+func helloID(reply []byte) int64 {
+	fields := resp.LeadingFields(reply)
+	for i := 0; i+1 < len(fields); i += 2 {
+		if string(fields[i]) == "id" {
+			id, _ := strconv.ParseInt(string(fields[i+1]), 10, 64)
+			return id
+		}
+	}
+	return 0
 }
 
 // LoginError is the upstream's error reply to a new connection's login

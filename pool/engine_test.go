@@ -2,6 +2,7 @@ package pool
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -71,6 +72,38 @@ func TestLoginIsBilled(t *testing.T) {
 	}
 	if got := m.UpstreamTotal.Load(); got != 5 {
 		t.Errorf("bill total %d, want 5 (the PINGs were submitted by the test, not counted by the pool)", got)
+	}
+}
+
+// TestRESP3ExclusiveLoginIsOneCommand: over RESP3 an exclusive connection
+// learns its id from the HELLO reply (which also carries AUTH), so its
+// login costs one command, and the id is the upstream's own.
+func TestRESP3ExclusiveLoginIsOneCommand(t *testing.T) {
+	rs := redistest.Start(t, "--requirepass", "pw")
+	m := metrics.New(prometheus.NewRegistry())
+	up, err := ParseURL("redis://:pw@"+rs.Addr, TLSOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.Proto = 3
+	p := New(up, Options{Size: 1, Metrics: m})
+	t.Cleanup(func() { p.Close(context.Background()) })
+	c, err := p.Lane().Borrow(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newResult()
+	p.Submit(context.Background(), c, &Request{Raw: []byte("*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n"), Done: r})
+	got, err := r.wait(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Lane().Return(c)
+	if want := fmt.Sprintf(":%d\r\n", c.UpstreamID()); c.UpstreamID() == 0 || string(got) != want {
+		t.Errorf("id from HELLO %d, CLIENT ID on the connection answered %q", c.UpstreamID(), got)
+	}
+	if got := m.UpstreamTotal.Load(); got != 1 {
+		t.Errorf("login billed %d commands, want 1 (HELLO 3 AUTH)", got)
 	}
 }
 

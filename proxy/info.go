@@ -92,16 +92,18 @@ func (srv *Server) noteVersion(info []byte) {
 	srv.version.Store(&version)
 }
 
-// upstreamVersion returns the upstream's redis_version, fetching INFO
-// server from p the first time. When the upstream answers INFO with an error,
+// upstreamVersion returns the upstream's redis_version, fetching INFO from p
+// the first time: the whole of it, as the handshake's INFO asks, so that
+// the INFO a client sends after HELLO (ioredis's ready check) is answered
+// from the same fetch. When the upstream answers INFO with an error,
 // that error reply comes back as refusal, to pass on as it is. It must not
 // run on a session's reader.
 func (srv *Server) upstreamVersion(p *pool.Pool) (version string, refusal []byte, err error) {
 	if v := srv.version.Load(); v != nil {
 		return *v, nil, nil
 	}
-	raw := resp.AppendCommand(nil, []byte("INFO"), []byte("server"))
-	reply, err := srv.infoCache.get(srv, p, "info\x00server", "info", raw, max(srv.opts.InfoTTL, fresh), time.Time{})
+	args := [][]byte{[]byte("INFO")}
+	reply, err := srv.infoCache.get(srv, p, cacheKey(args), "info", resp.AppendCommand(nil, args...), max(srv.opts.InfoTTL, fresh), time.Time{})
 	if err != nil {
 		return "", nil, err
 	}

@@ -71,6 +71,25 @@ func TestHandshakeCostsNothingUpstream(t *testing.T) {
 	}
 }
 
+// TestHelloAndReadyCheckShareOneInfo: HELLO needs the upstream's version
+// and ioredis's ready check then sends INFO; both are answered from one
+// upstream INFO.
+func TestHelloAndReadyCheckShareOneInfo(t *testing.T) {
+	f := startFunnel(t, Options{}, pool.Options{Size: 1})
+	before := f.Redis.CommandStats(t)
+	c := dialRaw(t, f.Addr)
+	if got := c.do("HELLO", "3"); !strings.Contains(got, "version\r\n$") {
+		t.Fatalf("HELLO 3: %q", short(got))
+	}
+	if info := c.do("INFO"); !strings.Contains(info, "redis_version:") {
+		t.Fatalf("INFO: %q", short(info))
+	}
+	// The second CommandStats is an INFO of its own.
+	if got := f.Redis.CommandStats(t)["info"] - before["info"] - 1; got != 1 {
+		t.Errorf("upstream ran INFO %d times for HELLO and the ready check, want 1", got)
+	}
+}
+
 func TestLocalReplies(t *testing.T) {
 	f := startFunnel(t, Options{}, pool.Options{})
 	before := f.Redis.CommandStats(t)

@@ -67,11 +67,15 @@ type Options struct {
 	CacheRules      []CacheRule  // which keys' reads are cached, and for how long
 	AbsorbRules     []AbsorbRule // which hashes' idempotent HSETs funnel may answer itself (opt-in; see AbsorbRule)
 	ShareWaits      []string     // globs of keys whose blocking waits clients share (opt-in; see waitHub)
-	CacheScripts    []string     // SHA1s of scripts that only read (cacheable EVAL/EVALSHA)
-	CacheMaxBytes   int64        // cache memory bound (default 64 MiB)
-	CacheMaxValue   int          // largest reply cached (default 1 MiB)
-	Logger          *slog.Logger
-	Metrics         *metrics.Metrics
+	// WaitLinger is how long a shared sorted-set pop stays upstream after
+	// its last waiter left, for the next to join (see waitHub); 0 means
+	// 30 s, negative means not at all.
+	WaitLinger    time.Duration
+	CacheScripts  []string // SHA1s of scripts that only read (cacheable EVAL/EVALSHA)
+	CacheMaxBytes int64    // cache memory bound (default 64 MiB)
+	CacheMaxValue int      // largest reply cached (default 1 MiB)
+	Logger        *slog.Logger
+	Metrics       *metrics.Metrics
 }
 
 // DefaultInfoTTL is Options.InfoTTL's default.

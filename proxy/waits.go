@@ -34,7 +34,17 @@ import (
 // waiting; when none is left (they left, or their timeouts passed) funnel
 // ends the upstream pop early with CLIENT UNBLOCK, and an element that the
 // pop took just before that is put back where it was (LPUSH, RPUSH or ZADD
-// with its score), the one case where funnel writes on its own.
+// NX with its score), the one case where funnel writes on its own.
+//
+// A sorted-set pop (BZPOPMIN, BZPOPMAX) lingers instead: its upstream round
+// lasts at least Options.WaitLinger, waiters are answered at their own
+// timeouts by funnel, and the round is not ended when the last one leaves,
+// so the next waiter joins it. An idle BullMQ worker waits drainDelay (5 s)
+// on its marker key and comes straight back: it costs the upstream one pop
+// per linger, not one per drainDelay. An element the pop takes while no
+// waiter is there goes back with ZADD NX, which restores it exactly (a
+// member added again meanwhile keeps its new score). A round in which no
+// waiter came is the last.
 type waitHub struct {
 	srv *Server
 
@@ -59,10 +69,12 @@ type sharedWait struct {
 	ms        bool // the timeout is in milliseconds
 
 	// Guarded by hub.mu.
-	waiters []*waiter // oldest first
-	running bool      // an upstream wait is in flight
-	lease   *lease    // the exclusive connection it runs on, kept between rounds
-	unblock bool      // CLIENT UNBLOCK was sent for the round in flight
+	waiters []*waiter     // oldest first
+	running bool          // an upstream wait is in flight
+	lease   *lease        // the exclusive connection it runs on, kept between rounds
+	unblock bool          // CLIENT UNBLOCK was sent for the round in flight
+	linger  time.Duration // the least round, for a sorted-set pop; else 0
+	joined  bool          // a waiter came during the round in flight: a lingering wait goes on
 	write   cache.Write
 	writing bool
 }
@@ -154,10 +166,15 @@ func (s *session) waitShared(ctx context.Context, r *request, key waitKey, bt bl
 	// The upstream round ends when the longest waiter's timeout passes,
 	// and then answers every waiter whose timeout passed. The waiter's own
 	// timer, a little later, is for when that answer is late or the round
-	// runs longer for another waiter.
+	// runs longer for another waiter. A lingering round outlasts its
+	// waiters: there the timer is the answer, on time.
 	var timeout <-chan time.Time
 	if !bt.forever {
-		t := time.NewTimer(bt.d + timeoutGrace)
+		grace := timeoutGrace
+		if sw.linger > 0 {
+			grace = 0
+		}
+		t := time.NewTimer(bt.d + grace)
 		defer t.Stop()
 		timeout = t.C
 	}
@@ -205,12 +222,16 @@ func (h *waitHub) join(key waitKey, r *request, bt blockTimeout, w *waiter) *sha
 	sw := h.waits[key]
 	if sw == nil {
 		sw = &sharedWait{hub: h, key: key, pop: r.info.Name != "xread", timeoutAt: bt.index, ms: bt.ms}
+		if r.info.Name == "bzpopmin" || r.info.Name == "bzpopmax" {
+			sw.linger = h.srv.waitLinger()
+		}
 		for _, a := range r.args {
 			sw.args = append(sw.args, bytes.Clone(a))
 		}
 		h.waits[key] = sw
 	}
 	sw.waiters = append(sw.waiters, w)
+	sw.joined = true
 	if !sw.running {
 		sw.startLocked()
 	}
@@ -234,7 +255,7 @@ func (h *waitHub) leave(sw *sharedWait, w *waiter) bool {
 			break
 		}
 	}
-	if len(sw.waiters) == 0 && sw.running && !sw.unblock && sw.lease != nil {
+	if len(sw.waiters) == 0 && sw.running && !sw.unblock && sw.lease != nil && sw.linger == 0 {
 		sw.unblock = true
 		if id := sw.lease.conn.UpstreamID(); id != 0 {
 			h.srv.wg.Add(1)
@@ -261,7 +282,7 @@ func (w *waiter) answerLocked(reply []byte, err error) {
 // startLocked sends a round of the upstream wait, on the resumer of no
 // client: a goroutine of the hub's. hub.mu must be held.
 func (sw *sharedWait) startLocked() {
-	sw.running, sw.unblock = true, false
+	sw.running, sw.unblock, sw.joined = true, false, false
 	srv := sw.hub.srv
 	srv.wg.Add(1)
 	go func() {
@@ -306,11 +327,12 @@ func (sw *sharedWait) round() {
 			longest = max(longest, w.deadline.Sub(now))
 		}
 	}
-	if len(sw.waiters) == 0 {
+	if len(sw.waiters) == 0 && sw.linger == 0 {
 		sw.endLocked()
 		h.mu.Unlock()
 		return
 	}
+	longest = max(longest, sw.linger)
 	args := append([][]byte(nil), sw.args...)
 	timeout := pool.NoTimeout
 	switch {
@@ -391,11 +413,23 @@ func (sw *sharedWait) Complete(reply []byte, err error) {
 		}
 		sw.waiters = nil
 	}
-	if len(sw.waiters) > 0 {
+	if len(sw.waiters) > 0 || err == nil && sw.joined && sw.linger > 0 {
 		sw.startLocked()
 		return
 	}
 	sw.endLocked()
+}
+
+// waitLinger is Options.WaitLinger with its default.
+func (srv *Server) waitLinger() time.Duration {
+	switch d := srv.opts.WaitLinger; {
+	case d == 0:
+		return 30 * time.Second
+	case d < 0:
+		return 0
+	default:
+		return d
+	}
 }
 
 // endLocked gives the connection back and forgets the shared wait.
@@ -429,7 +463,9 @@ func (sw *sharedWait) restoreLocked(reply []byte) {
 		if len(parts) < 3 {
 			return
 		}
-		name, raw = "zadd", resp.AppendCommand(nil, []byte("ZADD"), key, parts[2], parts[1])
+		// NX: a member added again since the pop keeps its new score, as
+		// it would have had the pop not happened.
+		name, raw = "zadd", resp.AppendCommand(nil, []byte("ZADD"), key, []byte("NX"), parts[2], parts[1])
 	}
 	srv := sw.hub.srv
 	srv.log.Info("shared wait: put back an element popped just after its last waiter left", "key", resp.Quote(key, 64))

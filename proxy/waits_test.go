@@ -268,3 +268,62 @@ func TestSharedPopDepartureRace(t *testing.T) {
 		t.Error("no CLIENT UNBLOCK: the race never reached the early end of a shared pop")
 	}
 }
+
+// TestSharedZPopLingers: idle workers that wait on a marker key and come
+// straight back cost the upstream one BZPOPMIN per linger, not one per
+// wait, and each wait still ends at its own timeout. Once no waiter comes
+// for a whole round, the upstream pop ends.
+func TestSharedZPopLingers(t *testing.T) {
+	f := startFunnel(t, Options{ShareWaits: []string{"bull:*"}, WaitLinger: 3 * time.Second}, pool.Options{})
+	before := f.Redis.CommandStats(t)["bzpopmin"]
+	var wg sync.WaitGroup
+	for range 2 {
+		c := dialRaw(t, f.Addr)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 5 {
+				start := time.Now()
+				if got := c.do("BZPOPMIN", "bull:q:marker", "0.3"); got != "*-1\r\n" {
+					t.Errorf("BZPOPMIN: %q, want the timeout reply", got)
+				}
+				if d := time.Since(start); d < 300*time.Millisecond || d > 300*time.Millisecond+timingSlack*100*time.Millisecond {
+					t.Errorf("timed out after %v, want 300ms", d)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := f.Redis.CommandStats(t)["bzpopmin"] - before; n != 1 {
+		t.Errorf("upstream ran %d BZPOPMIN for 2 clients × 5 waits of 0.3 s within one 3 s linger, want 1", n)
+	}
+	// The round in flight saw waiters come, so one more runs; in that one
+	// nobody comes, and it is the last.
+	waitUntil(t, 10*time.Second, "the lingering pop to end", func() bool {
+		list, _ := f.Redis.DoRaw("CLIENT", "LIST")
+		return strings.Contains(list, "cmd=") && !strings.Contains(list, "cmd=bzpopmin")
+	})
+}
+
+// TestLingeringPopPutsBack: an element that arrives while the pop lingers
+// with no waiter is put back with its score, then popped by the next
+// waiter: exactly once, never lost.
+func TestLingeringPopPutsBack(t *testing.T) {
+	f := startFunnel(t, Options{ShareWaits: []string{"q:*"}, WaitLinger: 5 * time.Second}, pool.Options{})
+	c := dialRaw(t, f.Addr)
+	if got := c.do("BZPOPMIN", "q:z", "0.1"); got != "*-1\r\n" {
+		t.Fatalf("BZPOPMIN: %q", got)
+	}
+	f.Redis.Do("ZADD", "q:z", "7", "m")
+	waitUntil(t, 5*time.Second, "m to be put back", func() bool {
+		stats := f.Redis.CommandStats(t)
+		score, _ := f.Redis.DoRaw("ZSCORE", "q:z", "m")
+		return stats["zadd"] >= 2 && score == "$1\r\n7\r\n"
+	})
+	if got := c.do("BZPOPMIN", "q:z", "1"); got != "*3\r\n$3\r\nq:z\r\n$1\r\nm\r\n$1\r\n7\r\n" {
+		t.Fatalf("the next waiter got %q, want m with score 7", got)
+	}
+	if n, _ := f.Redis.Do("ZCARD", "q:z"); n != ":0\r\n" {
+		t.Fatalf("after the pop ZCARD is %q: m given twice", n)
+	}
+}

@@ -10,29 +10,54 @@ import "bytes"
 // integers, doubles or simple strings, as their raw text: a pub/sub message
 // or confirmation, a popped element. It returns nil for anything else.
 func FlatArray(raw []byte) [][]byte {
-	if len(raw) == 0 || (raw[0] != '*' && raw[0] != '>') {
+	out, complete := scalars(raw, '*')
+	if !complete {
 		return nil
+	}
+	return out
+}
+
+// LeadingFields returns the scalar elements of a map (or, from a RESP2
+// upstream, a flat array of pairs) up to its first nested one, such as
+// HELLO's "modules".
+func LeadingFields(raw []byte) [][]byte {
+	if len(raw) > 0 && raw[0] == '%' {
+		out, _ := scalars(raw, '%')
+		return out
+	}
+	out, _ := scalars(raw, '*')
+	return out
+}
+
+// scalars reads the scalar elements of an aggregate whose type byte is
+// kind (for '*' a push '>' too), and reports whether it read all of them.
+func scalars(raw []byte, kind byte) ([][]byte, bool) {
+	if len(raw) == 0 || (raw[0] != kind && !(kind == '*' && raw[0] == '>')) {
+		return nil, false
 	}
 	i := bytes.Index(raw, crlf)
 	if i < 0 {
-		return nil
+		return nil, false
 	}
 	n, ok := parseLen(raw[1:i])
 	if !ok || n < 0 {
-		return nil
+		return nil, false
+	}
+	if kind == '%' {
+		n *= 2
 	}
 	raw = raw[i+2:]
 	out := make([][]byte, 0, n)
 	for ; n > 0; n-- {
 		j := bytes.Index(raw, crlf)
 		if j < 1 {
-			return nil
+			return out, false
 		}
 		switch raw[0] {
 		case '$':
 			l, ok := parseLen(raw[1:j])
 			if !ok || l < 0 || j+4+l > len(raw) {
-				return nil
+				return out, false
 			}
 			out = append(out, raw[j+2:j+2+l])
 			raw = raw[j+4+l:]
@@ -40,10 +65,10 @@ func FlatArray(raw []byte) [][]byte {
 			out = append(out, raw[1:j])
 			raw = raw[j+2:]
 		default:
-			return nil
+			return out, false
 		}
 	}
-	return out
+	return out, true
 }
 
 var crlf = []byte("\r\n")

@@ -7,6 +7,11 @@
 // connection per call (the app as it was) or with one shared connection.
 // It prints one JSON line: jobs added and completed, polls, client errors,
 // and polls whose state the job did not have within the allowed staleness.
+// --mode idle runs the workers and the QueueEvents listener only, with no
+// job and no tab. --drain-delay sets the workers' drainDelay in seconds
+// (BullMQ's default is 5), and --skip-metas 1 makes the tabs' queues skip
+// the meta hash write (skipMetasUpdate): the two BullMQ settings that cut
+// what funnel cannot.
 //
 //   node workload.js --url redis://127.0.0.1:6380 --seconds 60 --tabs 10 \
 //     --workers 2 --jobs-per-min 6 --recent 5 --mode newconn --stale-ms 2000
@@ -14,7 +19,7 @@
 const { Queue, Worker, QueueEvents } = require('bullmq');
 
 function args() {
-  const a = { url: 'redis://127.0.0.1:6380', seconds: 60, tabs: 10, workers: 2, jobsPerMin: 6, mode: 'newconn', staleMs: 2000, recent: 5 };
+  const a = { url: 'redis://127.0.0.1:6380', seconds: 60, tabs: 10, workers: 2, jobsPerMin: 6, mode: 'newconn', staleMs: 2000, recent: 5, drainDelay: 5, skipMetas: 0 };
   const argv = process.argv.slice(2);
   for (let i = 0; i < argv.length; i += 2) {
     const k = argv[i].replace(/^--/, '').replace(/-(\w)/g, (_, c) => c.toUpperCase());
@@ -32,19 +37,25 @@ const onError = (what) => (err) => errors.push(`${what}: ${err && err.message}`)
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // Each job's state timeline, from QueueEvents and the producer: state ->
-// [from, until]. A poll is right if the state it saw held at some moment
-// between (poll start - staleness) and poll end.
+// [from, until], in the server's time of each event (its stream entry's id),
+// not the time the listener got it, which a loaded machine delays. A poll
+// is right if the state it saw held at some moment between (poll start -
+// staleness) and poll end. Polls are judged at the end of the run, once
+// every event is in: a poll may see a state before its event arrives.
 const timeline = new Map();
+const eventTime = (id) => Number(String(id).split('-')[0]) || Date.now();
 function mark(id, state, at = Date.now()) {
   const t = timeline.get(id) || {};
   for (const s of Object.keys(t)) if (t[s].until === undefined && s !== state) t[s].until = at;
   if (!t[state]) t[state] = { from: at };
   timeline.set(id, t);
 }
+// heard reports whether the listener has had the event of a state yet.
+const heard = (id, state) => Boolean((timeline.get(id) || {})[state]);
 function plausible(id, state, start, end) {
   const t = timeline.get(id);
   if (!t || !t[state]) return false;
-  const slack = 250; // events reach the listener a little after the fact
+  const slack = 50; // the clock of the event's stream entry against the app's
   const { from, until } = t[state];
   return from - slack <= end && (until === undefined || until + slack >= start - opts.staleMs);
 }
@@ -64,10 +75,10 @@ async function main() {
   events.on('error', onError('events'));
   await events.waitUntilReady();
   let completed = 0;
-  events.on('waiting', ({ jobId }) => mark(jobId, 'waiting'));
-  events.on('active', ({ jobId }) => mark(jobId, 'active'));
-  events.on('completed', ({ jobId }) => {
-    mark(jobId, 'completed');
+  events.on('waiting', ({ jobId }, id) => mark(jobId, 'waiting', eventTime(id)));
+  events.on('active', ({ jobId }, id) => mark(jobId, 'active', eventTime(id)));
+  events.on('completed', ({ jobId }, id) => {
+    mark(jobId, 'completed', eventTime(id));
     completed++;
   });
 
@@ -83,7 +94,7 @@ async function main() {
         }
         return { took: ms };
       },
-      { connection, concurrency: 2, name: `w${w}` },
+      { connection, concurrency: 2, name: `w${w}`, drainDelay: opts.drainDelay },
     );
     worker.on('error', onError(`worker ${w}`));
     workers.push(worker);
@@ -91,8 +102,10 @@ async function main() {
 
   const ids = [];
   const deadline = Date.now() + opts.seconds * 1000;
+  const idle = opts.mode === 'idle';
   const produce = (async () => {
     const every = 60000 / opts.jobsPerMin;
+    if (idle) return sleep(deadline - Date.now());
     while (Date.now() < deadline) {
       const job = await queue.add('render', { at: Date.now() });
       mark(job.id, 'waiting');
@@ -102,9 +115,10 @@ async function main() {
   })();
 
   let polls = 0;
-  const wrong = [];
+  let early = 0;
+  const seen = [];
   const shared = opts.mode === 'shared' ? queue : null;
-  const tabs = Array.from({ length: opts.tabs }, async (_, tab) => {
+  const tabs = Array.from({ length: idle ? 0 : opts.tabs }, async (_, tab) => {
     await sleep((tab * 2000) / opts.tabs);
     while (Date.now() < deadline) {
       // Each tab shows the recent jobs and asks the API route for each
@@ -114,12 +128,15 @@ async function main() {
         let q = shared;
         try {
           if (!q) {
-            q = new Queue(name, { connection });
+            q = new Queue(name, { connection, skipMetasUpdate: Boolean(opts.skipMetas) });
             q.on('error', onError('poll'));
           }
           const st = await getStatus(q, id);
           polls++;
-          if (!plausible(id, st.state, start, Date.now())) wrong.push(`${id}:${st.state}`);
+          const end = Date.now();
+          seen.push({ id, state: st.state, start, end });
+          // What the first checker judged on: the listener's events so far.
+          if (!heard(id, st.state)) early++;
         } catch (err) {
           errors.push(`poll: ${err.message}`);
         } finally {
@@ -136,7 +153,8 @@ async function main() {
   for (const w of workers) await w.close();
   await events.close();
   await queue.close();
-  console.log(JSON.stringify({ mode: opts.mode, seconds: opts.seconds, added: ids.length, completed, polls, errors: errors.length, firstErrors: errors.slice(0, 3), wrongStates: wrong.length, firstWrong: wrong.slice(0, 3) }));
+  const wrong = seen.filter((p) => !plausible(p.id, p.state, p.start, p.end)).map((p) => `${p.id}:${p.state}`);
+  console.log(JSON.stringify({ mode: opts.mode, seconds: opts.seconds, added: ids.length, completed, polls, errors: errors.length, firstErrors: errors.slice(0, 3), wrongStates: wrong.length, firstWrong: wrong.slice(0, 3), seenBeforeEvent: early }));
 }
 
 main().catch((err) => {

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/funnel-proxy/funnel/resp"
 )
 
 // Server is a running redis-server owned by one test.
@@ -113,6 +115,35 @@ func (s *Server) Do(args ...string) (string, error) {
 		return "", err
 	}
 	return rd.ReadString('\n')
+}
+
+// DoRaw is Do returning the whole reply.
+func (s *Server) DoRaw(args ...string) (string, error) {
+	c, err := net.DialTimeout("tcp", s.Addr, time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	rd := bufio.NewReader(c)
+	if err := s.login(c, rd); err != nil {
+		return "", err
+	}
+	if _, err := c.Write(encode(args...)); err != nil {
+		return "", err
+	}
+	var buf []byte
+	var scan resp.ReplyScanner
+	for {
+		if n, err := scan.Scan(buf); err != nil || n > 0 {
+			return string(buf[:n]), err
+		}
+		b, err := rd.ReadByte()
+		if err != nil {
+			return string(buf), err
+		}
+		buf = append(buf, b)
+	}
 }
 
 func encode(args ...string) []byte {
