@@ -170,11 +170,14 @@ func TestManyBlockedClients(t *testing.T) {
 	}
 	// Judge the 95th percentile: on a loaded two-core machine one goroutine
 	// can be descheduled for a while, but a rule broken (a wait not counted
-	// against the timeout) makes most of the 180 timeouts late.
+	// against the timeout) makes most of the 180 timeouts late, by up to a
+	// whole second (the command's own timeout spent again after the lane
+	// wait). 565 ms was seen under -race while make test ran other
+	// packages beside this one.
 	slices.Sort(lateness)
 	p95 := lateness[len(lateness)*95/100]
 	t.Logf("timeouts: 95%% within %v of their deadline, latest %v; most upstream connections: %d", p95, lateness[len(lateness)-1], most)
-	if p95 > timingSlack*100*time.Millisecond {
+	if p95 > timingSlack*175*time.Millisecond {
 		t.Errorf("95th percentile timeout came %v late", p95)
 	}
 	if most > size+exclusive+1 {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
 	"net"
 	"sync"
@@ -185,7 +186,11 @@ func (o *output) drainLocked(flush, inWriter bool) {
 		if r == nil || r.state.Load() != done {
 			break
 		}
+		var undelivered []byte // a reply that must reach the client or go back
 		if r.err == nil && !r.suppress {
+			if r.undelivered != nil {
+				undelivered = bytes.Clone(r.replyBytes())
+			}
 			if b := r.replyBytes(); len(b) >= largeReply {
 				if !o.flushLocked(inWriter) || o.stalled && !inWriter {
 					return
@@ -199,10 +204,21 @@ func (o *output) drainLocked(flush, inWriter bool) {
 		} else if r.err != nil && !r.suppress {
 			o.buf = resp.AppendError(o.buf, "ERR "+r.err.Error())
 		}
+		drop := r.undelivered
 		o.pop(r)
 		o.off = 0
 		o.closeAfter = r.closeAfter
 		o.s.replySent(r)
+		if undelivered != nil {
+			// Write it now. Written (to the socket's buffer), it is the
+			// client's, as in Redis; if the client is gone first, the
+			// element goes back. A partial write leaves the rest to the
+			// writer goroutine, like any reply.
+			if !o.flushLocked(inWriter) && len(o.buf) > 0 {
+				drop(undelivered)
+				return
+			}
+		}
 		if len(o.buf) >= flushAt && (!o.flushLocked(inWriter) || o.stalled && !inWriter) {
 			return
 		}
@@ -408,6 +424,7 @@ func (o *output) shutQueue() {
 		r.next = nil
 		o.queued.Add(-1)
 		if !r.state.CompareAndSwap(pending, orphaned) {
+			r.dropped() // done, never written
 			r.release()
 		}
 		r = next

@@ -68,6 +68,10 @@ type request struct {
 	oneShot *pool.Conn
 	// wait is the blocking command's state for CLIENT UNBLOCK, ended with it.
 	wait *blockingWait
+	// undelivered, when set, is told of a reply funnel dropped because the
+	// client left before it was written: a shared pop's element, which it
+	// puts back (see waitHub). Only a successful reply is ever passed.
+	undelivered func(reply []byte)
 	// absorb, on an HSET funnel could not absorb, teaches funnel the values
 	// if it succeeds (see tryAbsorb).
 	absorb *absorbPlan
@@ -155,6 +159,15 @@ func (r *request) release() {
 	}
 	*r = request{reply: reply, rawBuf: raw, argBuf: argBuf, stripes: stripes}
 	requestPool.Put(r)
+}
+
+// dropped tells r.undelivered of r's reply, which will not be written.
+func (r *request) dropped() {
+	if r.undelivered != nil && r.err == nil && !r.suppress {
+		if b := r.replyBytes(); len(b) > 0 {
+			r.undelivered(bytes.Clone(b))
+		}
+	}
 }
 
 // replyBytes is the reply to write.
@@ -270,6 +283,9 @@ func (r *request) finish(reply []byte, err error, share *sharedReply) (joiners [
 			if share != nil {
 				share.release()
 			}
+			if r.undelivered != nil {
+				r.undelivered(bytes.Clone(reply))
+			}
 		case share != nil:
 			if r.flight != nil {
 				share.refs.Add(1) // the leader's own reference
@@ -288,6 +304,7 @@ func (r *request) finish(reply []byte, err error, share *sharedReply) (joiners [
 	}
 	if !r.state.CompareAndSwap(pending, done) {
 		// Orphaned: the output was shut, and r is this goroutine's to recycle.
+		r.dropped()
 		r.release()
 	}
 	return joiners, share

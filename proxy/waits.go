@@ -401,11 +401,14 @@ func (sw *sharedWait) Complete(reply []byte, err error) {
 			if w.answered || w.r.s.isDead() {
 				continue
 			}
+			// Should the client leave before the element is written to
+			// it, the element goes back.
+			w.r.undelivered = sw.restore
 			w.answerLocked(reply, nil)
 			given = true
 		}
 		if !given {
-			sw.restoreLocked(reply)
+			sw.restore(reply)
 		}
 	default: // XREAD: every waiter gets the entries
 		for _, w := range sw.waiters {
@@ -443,10 +446,11 @@ func (sw *sharedWait) endLocked() {
 	}
 }
 
-// restoreLocked puts back an element the upstream pop took when no waiter
-// was left to take it: at the head of the list for BLPOP, its tail for
-// BRPOP, with its score for BZPOPMIN and BZPOPMAX.
-func (sw *sharedWait) restoreLocked(reply []byte) {
+// restore puts back an element the upstream pop took when no waiter was
+// left to take it, or whose waiter left before it was written: at the head
+// of the list for BLPOP, its tail for BRPOP, with its score for BZPOPMIN
+// and BZPOPMAX. It touches nothing hub.mu guards.
+func (sw *sharedWait) restore(reply []byte) {
 	parts := resp.FlatArray(reply)
 	if len(parts) < 2 {
 		return

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"math/rand"
+	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/funnel-proxy/funnel/pool"
+	"github.com/funnel-proxy/funnel/resp"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -30,6 +33,17 @@ func TestSharedPopsExactlyOnce(t *testing.T) {
 			got := map[string]int{}
 			var stop atomic.Bool
 			var wg sync.WaitGroup
+			record := func(reply string) {
+				if parts := resp.FlatArray([]byte(reply)); len(parts) >= 2 {
+					mu.Lock()
+					got[string(parts[1])]++
+					mu.Unlock()
+				}
+			}
+			cmd := "BLPOP"
+			if kind == "zset" {
+				cmd = "BZPOPMIN"
+			}
 			for c := 0; c < 12; c++ {
 				wg.Add(1)
 				go func(c int) {
@@ -37,38 +51,41 @@ func TestSharedPopsExactlyOnce(t *testing.T) {
 					rng := rand.New(rand.NewSource(int64(c)))
 					for !stop.Load() {
 						// A fresh client for a few pops, then it leaves; some
-						// leave while blocked.
-						rdb := redis.NewClient(&redis.Options{Addr: f.Addr, PoolSize: 1, MaxRetries: -1, ReadTimeout: -1})
+						// leave while blocked. A leaving client half-closes
+						// and reads on, so an element funnel sent it before
+						// it saw the departure is counted, not taken for lost.
+						conn, err := net.DialTimeout("tcp", f.Addr, 2*time.Second)
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						rc := &popClient{conn: conn}
 						for i := rng.Intn(5); i >= 0 && !stop.Load(); i-- {
 							timeout := time.Duration(50+rng.Intn(300)) * time.Millisecond
-							if rng.Intn(8) == 0 {
-								// Leave mid-wait: close the connection under the BLPOP.
-								go func() { time.Sleep(timeout / 2); rdb.Close() }()
+							leave := rng.Intn(8) == 0
+							if err := rc.send(cmd, key, strconv.FormatFloat(timeout.Seconds(), 'f', 3, 64)); err != nil {
+								break
 							}
-							var member string
-							var err error
-							if kind == "list" {
-								var v []string
-								v, err = rdb.BLPop(ctx, timeout, key).Result()
-								if err == nil {
-									member = v[1]
+							if leave {
+								time.Sleep(timeout / 2)
+								_ = conn.(*net.TCPConn).CloseWrite()
+								for {
+									reply, err := rc.reply(5 * time.Second)
+									if err != nil {
+										break
+									}
+									record(reply)
 								}
-							} else {
-								var z *redis.ZWithKey
-								z, err = rdb.BZPopMin(ctx, timeout, key).Result()
-								if err == nil {
-									member = z.Member.(string)
-								}
+								break
 							}
-							if err == nil {
-								mu.Lock()
-								got[member]++
-								mu.Unlock()
-							} else if err != redis.Nil {
-								break // closed under it
+							reply, err := rc.reply(10 * time.Second)
+							if err != nil {
+								t.Errorf("%s: %v", cmd, err)
+								break
 							}
+							record(reply)
 						}
-						rdb.Close()
+						conn.Close()
 					}
 				}(c)
 			}
@@ -232,8 +249,9 @@ func TestSharedPopDepartureRace(t *testing.T) {
 		w.send("BLPOP", key, "5")
 		waitUntil(t, 5*time.Second, "the waiter to block", func() bool { return f.Server.blockedClients.Load() == 1 })
 		time.Sleep(time.Duration(rng.Intn(3)) * time.Millisecond)
+		pushDelay := time.Duration(rng.Intn(2000)) * time.Microsecond
 		go func() {
-			time.Sleep(time.Duration(rng.Intn(2000)) * time.Microsecond)
+			time.Sleep(pushDelay)
 			f.Redis.Do("RPUSH", key, el)
 		}()
 		time.Sleep(time.Duration(rng.Intn(2000)) * time.Microsecond)
@@ -299,9 +317,11 @@ func TestSharedZPopLingers(t *testing.T) {
 	}
 	// The round in flight saw waiters come, so one more runs; in that one
 	// nobody comes, and it is the last.
+	// (CLIENT LIST's cmd= is a connection's last command, not its current
+	// one: the upstream's blocked_clients says whether a pop still waits.)
 	waitUntil(t, 10*time.Second, "the lingering pop to end", func() bool {
-		list, _ := f.Redis.DoRaw("CLIENT", "LIST")
-		return strings.Contains(list, "cmd=") && !strings.Contains(list, "cmd=bzpopmin")
+		info, _ := f.Redis.DoRaw("INFO", "clients")
+		return strings.Contains(info, "blocked_clients:0\r\n")
 	})
 }
 
@@ -325,5 +345,45 @@ func TestLingeringPopPutsBack(t *testing.T) {
 	}
 	if n, _ := f.Redis.Do("ZCARD", "q:z"); n != ":0\r\n" {
 		t.Fatalf("after the pop ZCARD is %q: m given twice", n)
+	}
+}
+
+// popClient is a raw client connection for goroutines that must not call
+// t.Fatal: its methods return errors.
+type popClient struct {
+	conn net.Conn
+	buf  []byte
+	scan resp.ReplyScanner
+}
+
+func (c *popClient) send(args ...string) error {
+	var b [][]byte
+	for _, a := range args {
+		b = append(b, []byte(a))
+	}
+	_ = c.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, err := c.conn.Write(resp.AppendCommand(nil, b...))
+	return err
+}
+
+// reply reads one whole reply.
+func (c *popClient) reply(timeout time.Duration) (string, error) {
+	_ = c.conn.SetReadDeadline(time.Now().Add(timeout))
+	for {
+		n, err := c.scan.Scan(c.buf)
+		if err != nil {
+			return "", err
+		}
+		if n > 0 {
+			r := string(c.buf[:n])
+			c.buf = c.buf[n:]
+			return r, nil
+		}
+		chunk := make([]byte, 4096)
+		m, err := c.conn.Read(chunk)
+		c.buf = append(c.buf, chunk[:m]...)
+		if err != nil {
+			return "", err
+		}
 	}
 }
