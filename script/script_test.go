@@ -85,3 +85,102 @@ func TestBullMQScripts(t *testing.T) {
 		}
 	}
 }
+
+func TestWrittenKeys(t *testing.T) {
+	cases := []struct {
+		name, body string
+		written    []int // KEYS that may be written
+		read       []int // KEYS only read
+	}{
+		{"direct read and write", `redis.call("GET", KEYS[1]); redis.call("SET", KEYS[2], "x")`, []int{2}, []int{1}},
+		{"alias of call", `local rcall = redis.call
+local a = KEYS[1]
+return rcall("HGET", a, "f")`, nil, []int{1}},
+		{"function parameter read", `local rcall = redis.call
+local function meta(k, other) return rcall("HGET", k, "paused") end
+meta(KEYS[3], KEYS[1])
+rcall("DEL", KEYS[1])`, []int{1}, []int{3}},
+		{"function parameter written", `local function clear(k) redis.call("DEL", k) end
+clear(KEYS[1])`, []int{1}, nil},
+		{"passed on twice", `local function inner(x) redis.call("INCR", x) end
+local function outer(y) inner(y) end
+local m = KEYS[2]
+outer(m)`, []int{2}, nil},
+		{"recursive function", `local function f(k, n) if n > 0 then return f(k, n - 1) end return redis.call("GET", k) end
+return f(KEYS[1], 3)`, nil, []int{1}},
+		{"unknown function", `return cjson.encode(KEYS[1])`, []int{1}, nil},
+		{"table", `local t = {KEYS[1]}; redis.call("DEL", unpack(t))`, []int{1}, nil},
+		{"concatenation", `redis.call("DEL", KEYS[1] .. ":x")`, []int{1}, nil},
+		{"returned", `return KEYS[1]`, []int{1}, nil},
+		{"dynamic command", `local c = ARGV[1]; redis.call(c, KEYS[1])`, []int{1}, nil},
+		{"value of a write", `redis.call("SET", KEYS[2], KEYS[1])`, []int{1, 2}, nil},
+		{"reassigned alias", `local k = KEYS[1]
+k = KEYS[2]
+redis.call("DEL", k)`, []int{1, 2}, nil},
+		{"varargs", `local function f(...) redis.call("GET", ...) end f(KEYS[1])`, []int{1}, nil},
+		{"field of a table", `local t = {}; t.k = KEYS[1]; redis.call("DEL", t.k)`, []int{1}, nil},
+		{"method on the key", `redis.call("DEL", KEYS[1]:sub(1, 3))`, []int{1}, nil},
+		{"pcall of call", `pcall(redis.call, "DEL", KEYS[1])`, []int{1}, nil},
+		{"comparison only", `if KEYS[1] == KEYS[2] then return 1 end redis.call("GET", KEYS[1])`, []int{1, 2}, nil},
+		{"number of keys", `for i = 1, #KEYS do end return redis.call("GET", KEYS[1])`, nil, []int{1}},
+		{"escaped command name", `redis.call("G\ET", KEYS[1])`, []int{1}, nil},
+	}
+	for _, c := range cases {
+		w := WrittenKeys([]byte(c.body), readOnly)
+		for _, i := range c.written {
+			if !w.MayWrite(i) {
+				t.Errorf("%s: KEYS[%d] judged only read", c.name, i)
+			}
+		}
+		for _, i := range c.read {
+			if w.MayWrite(i) {
+				t.Errorf("%s: KEYS[%d] judged written", c.name, i)
+			}
+		}
+	}
+	for _, body := range []string{`redis.call("DEL", KEYS[ARGV[1]])`, `local k = KEYS; redis.call("GET", k[1])`, `redis.call("DEL", unpack(KEYS))`, `redis.call("GET", "unterminated)`} {
+		if w := WrittenKeys([]byte(body), readOnly); !w.MayWrite(1) || !w.MayWrite(2) {
+			t.Errorf("%q: not followed, so every key may be written", body)
+		}
+	}
+}
+
+// TestBullMQKeyWrites: BullMQ's moveToActive only reads the queue's meta
+// hash (KEYS[9]), which every new Queue rewrites, so running it does not
+// spoil what funnel knows of that hash; addStandardJob may write it.
+func TestBullMQKeyWrites(t *testing.T) {
+	body := func(name string) []byte {
+		matches, _ := filepath.Glob(filepath.Join("..", "compat", "node", "node_modules", "bullmq", "dist", "cjs", "scripts", name+"-*.js"))
+		if len(matches) != 1 {
+			t.Fatalf("BullMQ's %s script (make node-deps installs it): %v", name, matches)
+		}
+		src, err := os.ReadFile(matches[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := regexp.MustCompile("(?s)const content = `(.*?)`;").FindSubmatch(src)
+		if m == nil {
+			t.Fatalf("%s: no script content", name)
+		}
+		return m[1]
+	}
+	reads := func(c string) bool {
+		switch c {
+		case "hmget", "hget", "hexists", "zcard", "llen", "exists", "get", "pttl", "zrange", "zscore", "lrange", "hgetall", "ttl", "zrangebyscore", "xlen":
+			return true
+		}
+		return false
+	}
+	mta := WrittenKeys(body("moveToActive"), reads)
+	if mta.MayWrite(9) {
+		t.Error("moveToActive: KEYS[9] (meta) judged written; it only reads it")
+	}
+	for _, k := range []int{1, 2, 4, 11} { // wait, active, events, marker
+		if !mta.MayWrite(k) {
+			t.Errorf("moveToActive: KEYS[%d] judged only read", k)
+		}
+	}
+	if add := WrittenKeys(body("addStandardJob"), reads); !add.MayWrite(3) {
+		t.Error("addStandardJob: KEYS[3] (meta) judged only read; it sets opts.maxLenEvents when missing")
+	}
+}
