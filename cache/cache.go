@@ -372,6 +372,23 @@ func (c *Cache) EndWrite(w Write) {
 	}
 }
 
+// Reset drops every stored reply and all that is known of hashes, and
+// keeps every read in flight from filling the cache or being joined, as a
+// FLUSHALL that began and ended at once would: a reply read before Reset
+// is never served after it. Writes pending stay pending. It is for a
+// change of the rules that decided what was stored (a TTL, an absorb
+// window): nothing stored or learnt under the old rules outlives them.
+func (c *Cache) Reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.clock++
+	c.dbEpoch[-1] = c.clock
+	clear(c.known)
+	for _, e := range c.entries {
+		c.removeEntry(e) // deleting while ranging over a map is allowed
+	}
+}
+
 // KnownExpiry returns the soonest expiry writes seen gave key in db, or the
 // zero time. RENAME and COPY pass it on to their destination.
 func (c *Cache) KnownExpiry(db int, key []byte) time.Time {

@@ -177,3 +177,39 @@ func TestExpiryBoundsEntries(t *testing.T) {
 		t.Fatal("served past the key's expiry")
 	}
 }
+
+// TestReset: Reset drops stored replies and known hashes, and a read in
+// flight across it fills nothing.
+func TestReset(t *testing.T) {
+	c := New(1<<20, 1<<10)
+	_, _, f := c.Lookup(0, "get|a", []string{"a"}, time.Minute, t0, nil)
+	c.Finish(f, []byte("$1\r\nv\r\n"), nil)
+	w := c.BeginWrite(0, [][]byte{[]byte("h")}, time.Time{}, nil)
+	_, _, inFlight := c.Lookup(0, "get|b", []string{"b"}, time.Minute, t0, nil)
+	c.Reset()
+	if _, ok := c.LearnHash(w, 0, []byte("h"), [][]byte{[]byte("f"), []byte("v")}, t0.Add(time.Minute)); ok {
+		t.Error("a write that began before Reset taught a hash")
+	}
+	c.EndWrite(w)
+	c.Finish(inFlight, []byte("$1\r\nw\r\n"), nil)
+	if hit, _, _ := c.Lookup(0, "get|a", []string{"a"}, time.Minute, t0, nil); hit != nil {
+		t.Error("a reply stored before Reset was served")
+	}
+	if hit, _, _ := c.Lookup(0, "get|b", []string{"b"}, time.Minute, t0, nil); hit != nil {
+		t.Error("a read in flight across Reset filled the cache")
+	}
+	if st := c.Stats(); st.DroppedFills != 1 {
+		t.Errorf("dropped fills %d, want 1", st.DroppedFills)
+	}
+	// After Reset the cache works as before.
+	_, _, f = c.Lookup(0, "get|c", []string{"c"}, time.Minute, t0, nil)
+	c.Finish(f, []byte("$1\r\nx\r\n"), nil)
+	if hit, _, _ := c.Lookup(0, "get|c", []string{"c"}, time.Minute, t0, nil); hit == nil {
+		t.Error("no hit after Reset")
+	}
+	w = c.BeginWrite(0, [][]byte{[]byte("h")}, time.Time{}, nil)
+	if _, ok := c.LearnHash(w, 0, []byte("h"), [][]byte{[]byte("f"), []byte("v")}, t0.Add(time.Minute)); !ok {
+		t.Error("LearnHash after Reset learnt nothing")
+	}
+	c.EndWrite(w)
+}

@@ -22,14 +22,18 @@ type hashKnown struct {
 // LearnHash records, as w (a write of pairs, field then value, to key of
 // db) ends with success, that the hash holds those values, until until.
 // It must be called just before EndWrite(w). It learns nothing when another
-// write to the key (or to a key that shares its tracker) began or ended
-// since w began: then the values might not be the last ones. It returns
+// write to the key (or to a key that shares its tracker, or to its whole
+// db) began or ended since w began, or the cache was Reset: then the
+// values might not be the last ones, or the rules changed. It returns
 // what Confirm needs.
 func (c *Cache) LearnHash(w Write, db int, key []byte, pairs [][]byte, until time.Time) (gen uint64, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st := &c.stripes[c.stripeIndex(db, key)]
-	if w.whole || st.pending != 1 || st.version != w.began || c.dbPending[db] > 0 || c.dbPending[-1] > 0 {
+	// A whole-db write (FLUSHDB, FLUSHALL) or a Reset since w began may
+	// have come after it upstream, or changed the rules: learn nothing.
+	if w.whole || st.pending != 1 || st.version != w.began || c.dbPending[db] > 0 || c.dbPending[-1] > 0 ||
+		c.dbEpoch[db] > w.began || c.dbEpoch[-1] > w.began {
 		return 0, false
 	}
 	byKey := c.known[db]

@@ -30,6 +30,9 @@ type AbsorbRule struct {
 	Window  time.Duration
 }
 
+// String is the rule as ParseAbsorbRule reads it: "bull:*:meta=1m0s".
+func (r AbsorbRule) String() string { return r.Pattern + "=" + r.Window.String() }
+
 // ParseAbsorbRule reads "PATTERN=WINDOW", for example "bull:*:meta=60s".
 func ParseAbsorbRule(s string) (AbsorbRule, error) {
 	i := strings.LastIndexByte(s, '=')
@@ -43,9 +46,9 @@ func ParseAbsorbRule(s string) (AbsorbRule, error) {
 	return AbsorbRule{Pattern: s[:i], Window: d}, nil
 }
 
-// absorbWindow returns the window of the first rule key matches, or 0.
-func (srv *Server) absorbWindow(key []byte) time.Duration {
-	for _, r := range srv.opts.AbsorbRules {
+// absorbWindow returns the window of st's first rule key matches, or 0.
+func (st *settings) absorbWindow(key []byte) time.Duration {
+	for _, r := range st.absorbRules {
 		if glob.Match(r.Pattern, string(key)) {
 			return r.Window
 		}
@@ -65,7 +68,8 @@ func (s *session) tryAbsorb(r *request) bool {
 		return false
 	}
 	key := args[1]
-	window := s.srv.absorbWindow(key)
+	st := s.srv.live()
+	window := st.absorbWindow(key)
 	if window == 0 || s.srv.watches.watched(s.db, key) {
 		return false
 	}
@@ -80,16 +84,18 @@ func (s *session) tryAbsorb(r *request) bool {
 		}
 		return true
 	}
-	r.absorb = &absorbPlan{window: window, db: s.db, pool: s.pool}
+	r.absorb = &absorbPlan{window: window, db: s.db, pool: s.pool, gen: st.cacheGen}
 	return false
 }
 
 // absorbPlan is what a write marked by tryAbsorb needs to teach funnel its
-// values: the rule's window, and the db and pool the write went to.
+// values: the rule's window, the db and pool the write went to, and the
+// settings' cache generation the window came from.
 type absorbPlan struct {
 	window time.Duration
 	db     int
 	pool   *pool.Pool
+	gen    uint64
 }
 
 // learnHash runs as a write marked by tryAbsorb succeeds, before its write
@@ -99,6 +105,9 @@ type absorbPlan struct {
 func (r *request) learnHash(w cache.Write) {
 	srv := r.s.srv
 	a := r.absorb
+	if srv.live().cacheGen != a.gen {
+		return // a reload changed the rules since the window was chosen
+	}
 	key := append([]byte(nil), r.args[1]...)
 	gen, ok := srv.cache.LearnHash(w, a.db, key, r.args[2:], r.start.Add(a.window))
 	if !ok {

@@ -19,6 +19,9 @@ type CacheRule struct {
 	TTL     time.Duration
 }
 
+// String is the rule as ParseCacheRule reads it: "bull:*=2s".
+func (r CacheRule) String() string { return r.Pattern + "=" + r.TTL.String() }
+
 // ParseCacheRule reads "PATTERN=TTL", for example "bull:*=2s".
 func ParseCacheRule(s string) (CacheRule, error) {
 	i := strings.LastIndexByte(s, '=')
@@ -32,13 +35,13 @@ func ParseCacheRule(s string) (CacheRule, error) {
 	return CacheRule{Pattern: s[:i], TTL: ttl}, nil
 }
 
-// ruleTTL returns the TTL for a read of keys: the shortest TTL among the
+// ruleTTL returns the TTL for a read of keys: the shortest TTL among st's
 // rules matched, if every key matches one; else 0 (not cached).
-func (srv *Server) ruleTTL(keys []string) time.Duration {
+func (st *settings) ruleTTL(keys []string) time.Duration {
 	var ttl time.Duration
 	for _, k := range keys {
 		best := time.Duration(0)
-		for _, r := range srv.opts.CacheRules {
+		for _, r := range st.cacheRules {
 			if glob.Match(r.Pattern, k) && (best == 0 || r.TTL < best) {
 				best = r.TTL
 			}
@@ -73,10 +76,15 @@ func (srv *Server) scriptSHA(name string, args [][]byte) string {
 }
 
 // readOnlyCall reports whether a command only reads, so that it may be
-// coalesced or cached, and it is deterministic with known keys.
-func (srv *Server) readOnlyCall(info *command.Info, args [][]byte) bool {
+// coalesced or cached, and it is deterministic with known keys. st names
+// the scripts the operator marked read-only.
+func (srv *Server) readOnlyCall(st *settings, info *command.Info, args [][]byte) bool {
 	if isScript(info.Name) {
-		return info.Has(command.ReadOnly) || srv.scripts.readOnly(srv.scriptSHA(info.Name, args))
+		if info.Has(command.ReadOnly) {
+			return true
+		}
+		sha := srv.scriptSHA(info.Name, args)
+		return st.scripts[sha] || srv.scripts.readOnly(sha)
 	}
 	return info.Has(command.ReadOnly) && !info.Has(command.Nondeterministic) && !blocks(specOf(info.Name), args)
 }
@@ -131,18 +139,28 @@ func (srv *Server) readKey(info *command.Info, args [][]byte, resp3 bool) string
 func (s *session) tryCache(r *request) bool {
 	c := s.srv.cache
 	info, args := r.info, r.args
-	if c == nil || info == nil || s.lease != nil || s.stickyLease != nil || !s.srv.readOnlyCall(info, args) {
+	if c == nil || info == nil || s.lease != nil || s.stickyLease != nil {
+		return false
+	}
+	st := s.srv.live()
+	if !s.srv.readOnlyCall(st, info, args) {
 		return false
 	}
 	keys, complete := keyStrings(info, args)
 	if !complete || len(keys) == 0 {
 		return false
 	}
-	ttl := s.srv.ruleTTL(keys)
+	ttl := st.ruleTTL(keys)
 	if ttl == 0 && s.srv.opts.DisableCoalesce {
 		return false
 	}
 	hit, joined, lead := c.Lookup(s.db, s.srv.readKey(info, args, s.resp3()), keys, ttl, time.Now(), (*cacheReader)(r))
+	if lead != nil && ttl > 0 && s.srv.live().cacheGen != st.cacheGen {
+		// A reload changed the rules between the TTL and the lookup, and
+		// its Reset may have come before this flight: reset again, so the
+		// flight, led under the old TTL, fills nothing (see Server.Reload).
+		c.Reset()
+	}
 	switch {
 	case hit != nil:
 		r.route = routeCacheHit
@@ -224,7 +242,7 @@ func (s *session) beginWrite(r *request, info *command.Info, args [][]byte) {
 	}
 	switch {
 	case isScript(info.Name):
-		if s.srv.readOnlyCall(info, args) {
+		if s.srv.readOnlyCall(s.srv.live(), info, args) {
 			return
 		}
 	case !info.Has(command.Write) && !info.Has(command.MayReplicate):

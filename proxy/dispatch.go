@@ -146,7 +146,7 @@ func (s *session) admitted() bool {
 	switch {
 	case avg == 0:
 		return inflight == 0
-	case held+inflight*avg > s.srv.opts.ClientOutputLimit:
+	case held+inflight*avg > s.srv.live().outputLimit:
 		return false
 	}
 	return s.srv.mem.roomFor(avg)

@@ -140,7 +140,72 @@ func (srv *Server) funnelInfo() []byte {
 	line("funnel_absorbed_writes", m.Absorbed.Load())
 	line("funnel_buffered_bytes", m.Buffered.Load())
 	line("funnel_max_memory", srv.opts.MaxMemory)
+	b = srv.configInfo(b)
 	return srv.cacheInfo(b)
+}
+
+// configInfo renders the effective configuration for INFO's Funnel
+// section: what the process started with and, for what Reload changes,
+// what is in force now (preset rules included). Durations are in
+// milliseconds; lists are comma separated, empty when there is none.
+// funnel_pool_size and funnel_max_memory come before it.
+func (srv *Server) configInfo(b []byte) []byte {
+	st := srv.live()
+	line := func(k string, v int64) []byte {
+		b = strconv.AppendInt(append(append(b, k...), ':'), v, 10)
+		return append(b, "\r\n"...)
+	}
+	list := func(k string, items []string) []byte {
+		b = append(append(b, k...), ':')
+		for i, it := range items {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendInfoValue(b, it)
+		}
+		return append(b, "\r\n"...)
+	}
+	rules := make([]string, 0, len(st.cacheRules))
+	for _, r := range st.cacheRules {
+		rules = append(rules, r.String())
+	}
+	b = list("funnel_cache_rules", rules)
+	rules = rules[:0]
+	for _, r := range st.absorbRules {
+		rules = append(rules, r.String())
+	}
+	b = list("funnel_absorb_rules", rules)
+	b = list("funnel_share_waits", st.shareWaits)
+	b = line("funnel_cache_script_count", int64(len(st.scriptList)))
+	b = list("funnel_cache_scripts", st.scriptList)
+	b = list("funnel_deny", st.denyList)
+	b = append(appendInfoValue(append(b, "funnel_preset:"...), st.preset), "\r\n"...)
+	coalesce := int64(1)
+	if srv.opts.DisableCoalesce {
+		coalesce = 0
+	}
+	b = line("funnel_coalesce", coalesce)
+	b = line("funnel_max_exclusive", int64(srv.pool.Options().MaxExclusive))
+	b = line("funnel_exclusive_wait_ms", srv.opts.ExclusiveWait.Milliseconds())
+	b = line("funnel_client_output_limit", st.outputLimit)
+	b = line("funnel_client_write_timeout_ms", st.writeTimeout.Milliseconds())
+	// Options.InfoTTL < 0 is --info-ttl 0: never reused, shown as 0.
+	b = line("funnel_info_ttl_ms", max(srv.opts.InfoTTL, 0).Milliseconds())
+	return b
+}
+
+// appendInfoValue appends s to an INFO line, with the bytes that would end
+// the line or split a list (CR, LF, comma) shown as '?'.
+func appendInfoValue(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '\r', '\n', ',':
+			b = append(b, '?')
+		default:
+			b = append(b, c)
+		}
+	}
+	return b
 }
 
 // cacheKey is args in lower case, joined.

@@ -318,11 +318,12 @@ func (o *output) writeLoop() {
 	o.kick(true) // what came while the lock was held
 }
 
-// writeBlocking writes b, waiting for the client up to ClientWriteTimeout.
+// writeBlocking writes b, waiting for the client up to ClientWriteTimeout
+// (the one in force now: a reload applies to the next write).
 // The deadline is cleared afterwards: the non-blocking writes that follow
 // would otherwise fail once it passed.
 func (o *output) writeBlocking(b []byte) bool {
-	_ = o.conn.SetWriteDeadline(time.Now().Add(o.s.srv.opts.ClientWriteTimeout))
+	_ = o.conn.SetWriteDeadline(time.Now().Add(o.s.srv.live().writeTimeout))
 	_, err := o.conn.Write(b)
 	_ = o.conn.SetWriteDeadline(time.Time{})
 	if err != nil {

@@ -169,11 +169,12 @@ func displayOrRaw(info *command.Info, args [][]byte) string {
 
 // denied reports whether the operator refused the command with --deny.
 func (srv *Server) denied(info *command.Info) bool {
-	if info == nil || len(srv.deny) == 0 {
+	deny := srv.live().deny
+	if info == nil || len(deny) == 0 {
 		return false
 	}
 	base, _, _ := strings.Cut(info.Name, "|")
-	return srv.deny[info.Name] || srv.deny[base]
+	return deny[info.Name] || deny[base]
 }
 
 // blocks reports whether a command blocks on the server with these

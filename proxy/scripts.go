@@ -3,7 +3,6 @@ package proxy
 import (
 	"crypto/sha1"
 	"encoding/hex"
-	"strings"
 	"sync"
 
 	"github.com/funnel-proxy/funnel/command"
@@ -11,14 +10,13 @@ import (
 )
 
 // scriptBook knows which Lua scripts only read, so that EVAL and EVALSHA of
-// them may be coalesced and cached like any read: the scripts the operator
-// names (--cache-script), and those whose body funnel saw (in an EVAL or a
-// SCRIPT LOAD) and found, from their text, to call only read-only commands
-// (package script). A script only ever run with EVALSHA, loaded by another
-// process, is one funnel cannot judge: name it with --cache-script.
+// them may be coalesced and cached like any read: those whose body funnel
+// saw (in an EVAL or a SCRIPT LOAD) and found, from their text, to call
+// only read-only commands (package script). A script only ever run with
+// EVALSHA, loaded by another process, is one funnel cannot judge: the
+// operator names it with --cache-script, which the reloadable settings
+// hold (settings.scripts), not the book.
 type scriptBook struct {
-	marked map[string]bool // lower-case SHA1s the operator named
-
 	mu      sync.RWMutex
 	learned map[string]bool // lower-case SHA1 -> the body only reads
 }
@@ -27,19 +25,13 @@ type scriptBook struct {
 // has a few dozen. Past it, new scripts are judged again at each EVAL.
 const maxLearnedScripts = 4096
 
-func newScriptBook(marked []string) *scriptBook {
-	b := &scriptBook{marked: map[string]bool{}, learned: map[string]bool{}}
-	for _, sha := range marked {
-		b.marked[strings.ToLower(strings.TrimSpace(sha))] = true
-	}
-	return b
+func newScriptBook() *scriptBook {
+	return &scriptBook{learned: map[string]bool{}}
 }
 
-// readOnly reports whether the script with this SHA1 only reads.
+// readOnly reports whether the script with this SHA1 was judged to only
+// read.
 func (b *scriptBook) readOnly(sha string) bool {
-	if b.marked[sha] {
-		return true
-	}
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	return b.learned[sha]
@@ -52,7 +44,7 @@ func (b *scriptBook) learn(body []byte) string {
 	b.mu.RLock()
 	_, known := b.learned[sha]
 	b.mu.RUnlock()
-	if known || b.marked[sha] {
+	if known {
 		return sha
 	}
 	ro := script.ReadOnly(body, commandOnlyReads)

@@ -27,7 +27,6 @@ import (
 	"net"
 	"runtime/debug"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -70,16 +69,25 @@ type Options struct {
 	// WaitLinger is how long a shared sorted-set pop stays upstream after
 	// its last waiter left, for the next to join (see waitHub); 0 means
 	// 30 s, negative means not at all.
-	WaitLinger    time.Duration
-	CacheScripts  []string // SHA1s of scripts that only read (cacheable EVAL/EVALSHA)
-	CacheMaxBytes int64    // cache memory bound (default 64 MiB)
-	CacheMaxValue int      // largest reply cached (default 1 MiB)
+	WaitLinger   time.Duration
+	CacheScripts []string // SHA1s of scripts that only read (cacheable EVAL/EVALSHA)
+	// Preset names a preset in Presets whose rules add to CacheRules,
+	// AbsorbRules, ShareWaits and CacheScripts (see Preset.Apply); New
+	// logs an unknown name and ignores it.
+	Preset        string
+	CacheMaxBytes int64 // cache memory bound (default 64 MiB)
+	CacheMaxValue int   // largest reply cached (default 1 MiB)
 	Logger        *slog.Logger
 	Metrics       *metrics.Metrics
 }
 
 // DefaultInfoTTL is Options.InfoTTL's default.
 const DefaultInfoTTL = 60 * time.Second
+
+const (
+	defaultClientOutputLimit  = 512 << 20
+	defaultClientWriteTimeout = 30 * time.Second
+)
 
 func (o *Options) setDefaults() {
 	if o.MaxClients <= 0 {
@@ -92,10 +100,10 @@ func (o *Options) setDefaults() {
 		o.MaxPipeline = 1024
 	}
 	if o.ClientOutputLimit <= 0 {
-		o.ClientOutputLimit = 512 << 20
+		o.ClientOutputLimit = defaultClientOutputLimit
 	}
 	if o.ClientWriteTimeout <= 0 {
-		o.ClientWriteTimeout = 30 * time.Second
+		o.ClientWriteTimeout = defaultClientWriteTimeout
 	}
 	if o.MaxMemory <= 0 {
 		o.MaxMemory = 1 << 30
@@ -126,12 +134,15 @@ func (o *Options) setDefaults() {
 // Server accepts clients and serves them through a pool.
 type Server struct {
 	pool    *pool.Pool
-	opts    Options
+	opts    Options // its reloadable fields are read only by New: see settings
 	log     *slog.Logger
 	metrics *metrics.Metrics
-	deny    map[string]bool
 	mem     *memoryBudget
-	latency [numRoutes]prometheus.Observer
+	// settings are the reloadable settings in force (reload.go); reloadMu
+	// serialises Reload.
+	settings atomic.Pointer[settings]
+	reloadMu sync.Mutex
+	latency  [numRoutes]prometheus.Observer
 
 	mu        sync.Mutex
 	sessions  map[int64]*session
@@ -160,7 +171,6 @@ func New(p *pool.Pool, opts Options) *Server {
 	opts.setDefaults()
 	srv := &Server{
 		pool: p, opts: opts, log: opts.Logger, metrics: opts.Metrics,
-		deny:      map[string]bool{},
 		sessions:  map[int64]*session{},
 		listeners: map[net.Listener]bool{},
 		closingCh: make(chan struct{}),
@@ -172,13 +182,22 @@ func New(p *pool.Pool, opts Options) *Server {
 	}
 	srv.hub = newHub(srv)
 	srv.waits = newWaitHub(srv)
-	srv.scripts = newScriptBook(opts.CacheScripts)
-	if !opts.DisableCoalesce || len(opts.CacheRules) > 0 || len(opts.AbsorbRules) > 0 {
+	srv.scripts = newScriptBook()
+	r := Reloadable{
+		CacheRules: opts.CacheRules, AbsorbRules: opts.AbsorbRules, ShareWaits: opts.ShareWaits,
+		CacheScripts: opts.CacheScripts, Preset: opts.Preset, Deny: opts.Deny,
+		ClientOutputLimit: opts.ClientOutputLimit, ClientWriteTimeout: opts.ClientWriteTimeout,
+	}
+	st, err := newSettings(r)
+	if err != nil {
+		srv.log.Error("preset ignored", "err", err)
+		r.Preset = ""
+		st, _ = newSettings(r) // only the preset can fail
+	}
+	srv.settings.Store(st)
+	if !opts.DisableCoalesce || len(st.cacheRules) > 0 || len(st.absorbRules) > 0 {
 		srv.cache = cache.New(opts.CacheMaxBytes, opts.CacheMaxValue)
 		opts.Metrics.WatchCache(srv.cache.Stats)
-	}
-	for _, d := range opts.Deny {
-		srv.deny[strings.ToLower(strings.ReplaceAll(strings.TrimSpace(d), " ", "|"))] = true
 	}
 	return srv
 }

@@ -283,7 +283,7 @@ func (s *session) awaitClose() (departed bool) {
 
 // held records that n more reply bytes are held for the client.
 func (s *session) held(n int64) {
-	if s.pendingOut.Add(n) > s.srv.opts.ClientOutputLimit {
+	if s.pendingOut.Add(n) > s.srv.live().outputLimit {
 		// The client is not reading its replies fast enough: cut it off
 		// instead of letting its backlog grow without bound.
 		s.kill(closedOutputLimit)

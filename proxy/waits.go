@@ -93,13 +93,14 @@ func newWaitHub(srv *Server) *waitHub { return &waitHub{srv: srv, waits: map[wai
 // command of the shared kinds, on a key an Options.ShareWaits rule names,
 // outside a WATCH span.
 func (s *session) shareable(r *request, bt blockTimeout) (waitKey, bool) {
-	if len(s.srv.opts.ShareWaits) == 0 || s.lease != nil || !bt.ok || r.info == nil {
+	globs := s.srv.live().shareWaits
+	if len(globs) == 0 || s.lease != nil || !bt.ok || r.info == nil {
 		return waitKey{}, false
 	}
 	args := r.args
 	switch r.info.Name {
 	case "blpop", "brpop", "bzpopmin", "bzpopmax":
-		if len(args) != 3 || !s.srv.sharesWaits(args[1]) {
+		if len(args) != 3 || !sharesWaits(globs, args[1]) {
 			return waitKey{}, false
 		}
 		return waitKey{s.pool, r.info.Name + "\x00" + string(args[1])}, true
@@ -119,7 +120,7 @@ func (s *session) shareable(r *request, bt blockTimeout) (waitKey, bool) {
 			return waitKey{}, false
 		}
 		for _, k := range args[streams+1 : streams+1+n/2] {
-			if !s.srv.sharesWaits(k) {
+			if !sharesWaits(globs, k) {
 				return waitKey{}, false
 			}
 		}
@@ -139,9 +140,9 @@ func (s *session) shareable(r *request, bt blockTimeout) (waitKey, bool) {
 	return waitKey{}, false
 }
 
-// sharesWaits reports whether an Options.ShareWaits rule names key.
-func (srv *Server) sharesWaits(key []byte) bool {
-	for _, p := range srv.opts.ShareWaits {
+// sharesWaits reports whether one of globs (Options.ShareWaits) names key.
+func sharesWaits(globs []string, key []byte) bool {
+	for _, p := range globs {
 		if glob.Match(p, string(key)) {
 			return true
 		}

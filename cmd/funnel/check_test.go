@@ -269,3 +269,30 @@ func TestCheckUpstream(t *testing.T) {
 		t.Errorf("exit %d, %q", code, stderr)
 	}
 }
+
+// TestStartupLogShowsProxyRules: the start-up log shows the rules the proxy
+// holds, a preset's included, with the operator's rule replacing the
+// preset's for the same pattern.
+func TestStartupLogShowsProxyRules(t *testing.T) {
+	_, logs, stop := startRun(t, []string{"--upstream", "redis://127.0.0.1:1", "--metrics-listen", "",
+		"--preset", "bullmq", "--cache", "bull:*=1s"}, nil)
+	want := `msg="proxy rules in effect" proxy.cache="[bull:*=1s]" proxy.absorb="[bull:*:meta=1m0s]" ` +
+		`proxy.share_waits=[bull:*] proxy.cache_scripts=[5e107aa7dd123c4a80fc40151f8d25596c39353a] proxy.preset=bullmq`
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), want) {
+		t.Errorf("the log lacks %q:\n%s", want, logs.String())
+	}
+}
+
+// TestCacheScriptRejectedAtStart: a --cache-script that is no SHA1 stops
+// funnel from starting (not only --check), with one clear line and exit 1.
+func TestCacheScriptRejectedAtStart(t *testing.T) {
+	stdout, stderr, code := runFunnel(t, "--cache-script xyz --metrics-listen= --listen 127.0.0.1:0", "REDIS_URL=redis://127.0.0.1:1")
+	want := "funnel: --cache-script: \"xyz\" is not a script's SHA1: want 40 hex digits, as SCRIPT LOAD returns\n" +
+		"funnel: 1 problem(s) in the configuration\n"
+	if code != 1 || stderr != want || strings.Contains(stdout, "listening") {
+		t.Errorf("exit %d\nstdout %q\nstderr %q\nwant   %q", code, stdout, stderr, want)
+	}
+}

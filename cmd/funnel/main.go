@@ -118,11 +118,10 @@ func runWithReload(ctx context.Context, args []string, stdout io.Writer, getenv 
 		MaxMemory: cfg.maxMemory, ExclusiveWait: cfg.exclusiveWait,
 		DisableCoalesce: !cfg.coalesce, CacheRules: cfg.cacheRules, CacheScripts: cfg.cacheScripts,
 		CacheMaxBytes: cfg.cacheMaxBytes, CacheMaxValue: cfg.cacheMaxValue,
-		AbsorbRules: cfg.absorbRules, ShareWaits: cfg.shareWaits,
+		AbsorbRules: cfg.absorbRules, ShareWaits: cfg.shareWaits, Preset: cfg.preset,
 		Logger: log, Metrics: m,
 	}
 	if preset, ok := proxy.Presets[cfg.preset]; ok {
-		preset.Apply(&popts)
 		log.Info("preset "+preset.Name, "rules", preset.String())
 	}
 	srv := proxy.New(p, popts)
@@ -144,7 +143,11 @@ func runWithReload(ctx context.Context, args []string, stdout io.Writer, getenv 
 	log.Info("funnel listening", "listen", ln.Addr().String(), "upstream", upstream.String(),
 		"pool_size", cfg.poolSize, "metrics", cfg.metricsListen, "version", buildinfo.Version)
 	logConfig(log, cfg)
-	reloads := newReloadState(cfg, args, getenv, level, serverReloader{srv: srv}, log)
+	// The rules as the proxy holds them, the preset's merged in: the lines
+	// above show only what the operator set.
+	log.Info("proxy rules in effect", "proxy", srv.Settings())
+	reloads := newReloadState(cfg, args, getenv, level, srv, log)
+	reloads.effective = srv.Settings
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()

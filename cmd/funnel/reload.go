@@ -7,76 +7,40 @@ import (
 	"maps"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/funnel-proxy/funnel/proxy"
 )
 
-// Reloadable is what SIGHUP may change in a running funnel without
-// dropping a connection. It is a proposal for the proxy: once proxy.Server
-// can take it, it moves to proxy as proxy.Reloadable, and reloader's
-// method takes that type.
-type Reloadable struct {
-	CacheRules   []proxy.CacheRule // --cache, parsed by proxy.ParseCacheRule
-	CacheScripts []string          // --cache-script: SHA1s of read-only scripts, lower case
-	Deny         []string          // --deny, as given ("flushall", "config set")
-	// LogLevel is --log-level. cmd/funnel has already set it on the
-	// handler's LevelVar, which every logger funnel made shares; a proxy
-	// with no handler of its own may ignore it.
-	LogLevel           slog.Level
-	ClientOutputLimit  int64         // --client-output-limit, in bytes
-	ClientWriteTimeout time.Duration // --client-write-timeout
-}
-
-// reloader applies a Reloadable to a running server. Reload applies all of
-// r or, when it returns an error, none of it. It must not close, stall or
-// reorder any client's connection: sessions in flight finish under the old
-// settings or the new, never half of each. It is called from one goroutine
-// at a time, and the caller does not modify r's slices afterwards.
+// reloader applies a proxy.Reloadable to a running server. Reload applies
+// all of r or, when it returns an error, none of it. It must not close,
+// stall or reorder any client's connection: sessions in flight finish
+// under the old settings or the new, never half of each. It is called from
+// one goroutine at a time, and the caller does not modify r's slices
+// afterwards. *proxy.Server is one.
 type reloader interface {
-	Reload(Reloadable) error
+	Reload(proxy.Reloadable) error
 }
 
-// errReloadNotWired is what applyToServer returns until the proxy can
-// change these settings live.
-var errReloadNotWired = errors.New("reload of cache rules etc. is not wired into the proxy yet")
-
-// applyToServer is the proxy's half of a reload: it must swap srv's cache
-// rules, read-only scripts, deny list and client limits for r's, all at
-// once, as reloader's contract says. Until proxy.Server has a way to do
-// that, it changes nothing and says so, and the settings stay as they
-// were started, needing a restart.
-func applyToServer(srv *proxy.Server, r Reloadable) error {
-	_, _ = srv, r
-	return errReloadNotWired
-}
-
-// serverReloader is the reloader of a running proxy.Server.
-type serverReloader struct {
-	srv *proxy.Server
-}
-
-// Reload implements reloader.
-func (s serverReloader) Reload(r Reloadable) error { return applyToServer(s.srv, r) }
-
-// reloadable returns c's settings that a reload may change.
-func (c *config) reloadable() Reloadable {
-	lv, _ := parseLevel(c.logLevel) // validated
+// reloadable returns c's settings that a reload may change. The preset is
+// named, not applied: the proxy applies it, at start and on each reload.
+func (c *config) reloadable() proxy.Reloadable {
 	scripts := make([]string, 0, len(c.cacheScripts))
 	for _, s := range c.cacheScripts {
 		scripts = append(scripts, strings.ToLower(strings.TrimSpace(s)))
 	}
-	return Reloadable{
-		CacheRules: c.cacheRules, CacheScripts: scripts, Deny: c.deny, LogLevel: lv,
+	return proxy.Reloadable{
+		CacheRules: c.cacheRules, AbsorbRules: c.absorbRules, ShareWaits: c.shareWaits,
+		CacheScripts: scripts, Preset: c.preset, Deny: c.deny,
 		ClientOutputLimit: c.clientOutputLimit, ClientWriteTimeout: c.clientWriteTimeout,
 	}
 }
 
-// proxySettings are the settings a reload hands to the reloader; log-level
-// is applied by cmd/funnel itself, and every other setting needs a restart.
+// proxySettings are the settings a reload hands to the reloader
+// (proxy.Server.Reload); log-level is applied by cmd/funnel itself, and
+// every other setting needs a restart.
 var proxySettings = map[string]bool{
-	"cache": true, "cache-script": true, "deny": true,
-	"client-output-limit": true, "client-write-timeout": true,
+	"cache": true, "absorb": true, "share-waits": true, "preset": true, "cache-script": true,
+	"deny": true, "client-output-limit": true, "client-write-timeout": true,
 }
 
 // reloadState is what a reload compares a re-read configuration against,
@@ -87,6 +51,9 @@ type reloadState struct {
 	level  *slog.LevelVar // the level of every logger funnel made
 	target reloader
 	log    *slog.Logger
+	// effective, when set, returns the proxy's settings in force, rules of
+	// the preset included, logged after a reload applied them.
+	effective func() proxy.Reloadable
 	// applied holds each setting's value in effect. A setting that needs a
 	// restart keeps the value it started with, so every reload that still
 	// finds it changed says so again.
@@ -166,6 +133,9 @@ func (s *reloadState) reload() {
 				applied++
 				s.log.Info("reload: applied", ch.attrs()...)
 			}
+			if s.effective != nil {
+				s.log.Info("reload: proxy rules in effect", "proxy", s.effective())
+			}
 		}
 	}
 	for _, ch := range restart {
@@ -178,12 +148,12 @@ func (s *reloadState) reload() {
 		return
 	}
 	s.log.Info("reload done", "applied", applied, "needs_restart", len(restart))
-	s.log.Debug("reload: settings in effect", s.effective()...)
+	s.log.Debug("reload: settings in effect", s.settingsInEffect()...)
 }
 
-// effective returns every setting in effect as log attributes, secrets
-// masked.
-func (s *reloadState) effective() []any {
+// settingsInEffect returns every setting in effect as log attributes,
+// secrets masked.
+func (s *reloadState) settingsInEffect() []any {
 	var attrs []any
 	for _, name := range slices.Sorted(maps.Keys(s.applied)) {
 		attrs = append(attrs, name, shown(name, s.applied[name]))

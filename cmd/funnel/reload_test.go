@@ -4,14 +4,17 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -74,8 +77,8 @@ func sendHUP(t *testing.T, hup chan<- os.Signal) {
 }
 
 // TestSIGHUPReload changes the config file under a running funnel: the log
-// level takes effect at once, what the proxy cannot apply yet and what
-// needs a restart is logged as such, a bad file is rejected whole, and a
+// level and the cache rules take effect at once, what needs a restart is
+// logged as such, a bad file is rejected whole, and a
 // blocked client and a pipelining client keep their connections
 // throughout.
 func TestSIGHUPReload(t *testing.T) {
@@ -125,10 +128,11 @@ func TestSIGHUPReload(t *testing.T) {
 
 	writeFile2(t, path, "log-level: debug\ncache: ['a:*=1s', 'b:*=2s']\npool-size: 5\n")
 	sendHUP(t, hup)
-	waitLog(t, logs, `msg="reload done" applied=1 needs_restart=2`, 1)
+	waitLog(t, logs, `msg="reload done" applied=2 needs_restart=1`, 1)
 	for _, want := range []string{
 		`level=INFO msg="reload: applied" setting=log-level old=warn new=debug`,
-		`level=WARN msg="reload: not applied; restart funnel to apply it" setting=cache old="[a:*=1s]" new="[a:*=1s,b:*=2s]" err="reload of cache rules etc. is not wired into the proxy yet"`,
+		`level=INFO msg="reload: applied" setting=cache old="[a:*=1s]" new="[a:*=1s,b:*=2s]"`,
+		`level=INFO msg="reload: proxy rules in effect" proxy.cache="[a:*=1s b:*=2s]"`,
 		`level=WARN msg="reload: this setting needs a restart; restart funnel to apply it" setting=pool-size old=10 new=5`,
 		`level=DEBUG msg="reload: settings in effect"`,
 	} {
@@ -151,7 +155,7 @@ func TestSIGHUPReload(t *testing.T) {
 	}
 	// Still at debug: the next reload's INFO lines appear, and the level,
 	// applied before, is not reported as a change again.
-	writeFile2(t, path, "log-level: debug\ncache: ['a:*=1s']\n")
+	writeFile2(t, path, "log-level: debug\ncache: ['a:*=1s', 'b:*=2s']\n")
 	sendHUP(t, hup)
 	waitLog(t, logs, "SIGHUP: reloading the configuration", 2) // the first was at warn
 	waitLog(t, logs, `msg="reload: configuration unchanged"`, 1)
@@ -187,11 +191,11 @@ func writeFile2(t *testing.T, path, body string) {
 
 // fakeReloader records what it is given, and fails when told to.
 type fakeReloader struct {
-	got  []Reloadable
+	got  []proxy.Reloadable
 	fail error
 }
 
-func (f *fakeReloader) Reload(r Reloadable) error {
+func (f *fakeReloader) Reload(r proxy.Reloadable) error {
 	f.got = append(f.got, r)
 	return f.fail
 }
@@ -208,7 +212,7 @@ func TestReloadState(t *testing.T) {
 	}
 	logs := &funneltest.Buffer{}
 	level := new(slog.LevelVar)
-	fake := &fakeReloader{fail: errReloadNotWired}
+	fake := &fakeReloader{fail: errors.New("fake: not applied")}
 	s := newReloadState(started, args, envOf(nil), level, fake, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: level})))
 
 	s.reload()
@@ -222,7 +226,7 @@ func TestReloadState(t *testing.T) {
 	}
 	r := fake.got[0]
 	if len(r.CacheRules) != 1 || r.CacheRules[0] != (proxy.CacheRule{Pattern: "b:*", TTL: 3 * time.Second}) ||
-		r.ClientWriteTimeout != 5*time.Second || r.ClientOutputLimit != 512<<20 || len(r.Deny) != 1 || r.LogLevel != slog.LevelInfo {
+		r.ClientWriteTimeout != 5*time.Second || r.ClientOutputLimit != 512<<20 || len(r.Deny) != 1 {
 		t.Errorf("Reloadable: %+v", r)
 	}
 	out := logs.String()
@@ -275,5 +279,171 @@ func TestSIGHUPKeepsProcess(t *testing.T) {
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("exit: %v\n%s", err, out.String())
+	}
+}
+
+// TestSIGHUPAppliesToRunningProxy rewrites the config file under a running
+// funnel with a new cache rule and deny entry and reloads it: the rule and
+// the deny list are in force for the next commands (the upstream runs one
+// HGET for two, INFO funnel shows the rules), while a client blocked in
+// BLPOP q 0 keeps its connection and gets its element, and a client
+// pipelining SET and GET throughout sees no error and no disconnect. A bad
+// file then keeps the running rules.
+func TestSIGHUPAppliesToRunningProxy(t *testing.T) {
+	rs := redistest.Start(t)
+	path := writeFile(t, "funnel.yaml", "cache: ['a:*=1m']\n")
+	addr, logs, hup, stop := startReloadable(t, []string{"--config", path, "--metrics-listen", ""},
+		map[string]string{"REDIS_URL": "redis://" + rs.Addr})
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: addr, PoolSize: 1, MaxRetries: -1})
+	defer rdb.Close()
+	if err := rdb.HSet(ctx, "b:h", "f", "v").Err(); err != nil {
+		t.Fatal(err)
+	}
+	hgets := func() int {
+		t.Helper()
+		before := rs.CommandStats(t)["hget"]
+		for range 2 {
+			if v, err := rdb.HGet(ctx, "b:h", "f").Result(); err != nil || v != "v" {
+				t.Fatalf("HGET: %q %v", v, err)
+			}
+		}
+		return rs.CommandStats(t)["hget"] - before
+	}
+
+	// The blocked client, on a connection of its own.
+	blocked, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocked.Close()
+	_ = blocked.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.WriteString(blocked, "BLPOP q 0\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	waitUntilBlocked(t, rdb, 1)
+
+	// The pipelining client: SET and GET of its own keys, in a loop, on one
+	// connection, until told to stop.
+	piped, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer piped.Close()
+	var rounds atomic.Int64
+	pipeErr := make(chan error, 1)
+	quit := make(chan struct{})
+	go func() {
+		pr := bufio.NewReader(piped)
+		for i := 0; ; i++ {
+			select {
+			case <-quit:
+				pipeErr <- nil
+				return
+			default:
+			}
+			_ = piped.SetDeadline(time.Now().Add(5 * time.Second))
+			v := strconv.Itoa(i)
+			if _, err := fmt.Fprintf(piped, "SET p:%d %s\r\nGET p:%d\r\nGET p:%d\r\n", i%10, v, i%10, i%10); err != nil {
+				pipeErr <- err
+				return
+			}
+			want := []string{"+OK", "$" + strconv.Itoa(len(v)), v, "$" + strconv.Itoa(len(v)), v}
+			for _, w := range want {
+				line, err := pr.ReadString('\n')
+				if err != nil || strings.TrimSpace(line) != w {
+					pipeErr <- fmt.Errorf("round %d: got %q (%v), want %q", i, line, err, w)
+					return
+				}
+			}
+			rounds.Add(1)
+		}
+	}()
+	waitRounds := func(n int64) {
+		t.Helper()
+		target := rounds.Load() + n
+		deadline := time.Now().Add(10 * time.Second)
+		for rounds.Load() < target {
+			select {
+			case err := <-pipeErr:
+				t.Fatalf("pipelining client: %v", err)
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the pipelining client stalled")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitRounds(20)
+
+	if n := hgets(); n != 2 {
+		t.Fatalf("before the reload: upstream ran %d HGETs for 2, want 2 (no rule for b:*)", n)
+	}
+	writeFile2(t, path, "cache: ['a:*=1m', 'b:*=1m']\ndeny: [dbsize]\n")
+	sendHUP(t, hup)
+	waitLog(t, logs, `msg="reload done" applied=2 needs_restart=0`, 1)
+	waitRounds(20)
+
+	if n := hgets(); n != 1 {
+		t.Errorf("after the reload: upstream ran %d HGETs for 2, want 1 (the second from the cache)", n)
+	}
+	if err := rdb.DBSize(ctx).Err(); err == nil || !strings.Contains(err.Error(), "DBSIZE is not supported") {
+		t.Errorf("DBSIZE after deny: [dbsize] was reloaded: %v", err)
+	}
+	info := rdb.Info(ctx, "funnel").Val()
+	for _, want := range []string{"funnel_cache_rules:a:*=1m0s,b:*=1m0s\r\n", "funnel_deny:dbsize\r\n"} {
+		if !strings.Contains(info, want) {
+			t.Errorf("INFO funnel lacks %q:\n%s", want, info)
+		}
+	}
+
+	// A bad file is rejected whole: the running rules stay.
+	writeFile2(t, path, "cache: ['b:*=nope']\n")
+	sendHUP(t, hup)
+	waitLog(t, logs, "reload rejected; the running configuration is kept", 1)
+	if n := hgets(); n != 0 {
+		t.Errorf("after a rejected reload: upstream ran %d HGETs for 2, want 0 (still cached)", n)
+	}
+	if info := rdb.Info(ctx, "funnel").Val(); !strings.Contains(info, "funnel_cache_rules:a:*=1m0s,b:*=1m0s\r\n") {
+		t.Errorf("INFO funnel after a rejected reload:\n%s", info)
+	}
+	waitRounds(20)
+
+	// The blocked client is still there, and gets the element.
+	if err := rdb.LPush(ctx, "q", "job").Err(); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(blocked)
+	var got []string
+	for range 5 {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("blocked client after the reloads: %v (read %q)", err, got)
+		}
+		got = append(got, strings.TrimSpace(line))
+	}
+	if strings.Join(got, " ") != "*2 $1 q $3 job" {
+		t.Errorf("blocked client got %q", got)
+	}
+	close(quit)
+	if err := <-pipeErr; err != nil {
+		t.Errorf("pipelining client: %v", err)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+}
+
+// waitUntilBlocked waits until funnel counts n blocked clients.
+func waitUntilBlocked(t *testing.T, rdb *redis.Client, n int) {
+	t.Helper()
+	want := fmt.Sprintf("funnel_blocked_clients:%d\r\n", n)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(rdb.Info(context.Background(), "funnel").Val(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("funnel never had %d blocked clients", n)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
