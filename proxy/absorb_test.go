@@ -129,3 +129,61 @@ func TestAbsorbIdempotentHSET(t *testing.T) {
 		t.Errorf("INFO funnel lacks %q", want)
 	}
 }
+
+// TestScriptKeysOnlyReadStayKnown: a script funnel saw that only reads a
+// declared key (as BullMQ's moveToActive reads the queue's meta hash) does
+// not make funnel forget what the key holds: the next identical HSET is
+// still absorbed and a cached read of the key still served. A script that
+// may write the key, or one known only by its SHA1, does.
+func TestScriptKeysOnlyReadStayKnown(t *testing.T) {
+	f := startFunnel(t, Options{
+		AbsorbRules: []AbsorbRule{{Pattern: "meta:*", Window: time.Minute}},
+		CacheRules:  []CacheRule{{Pattern: "meta:*", TTL: time.Minute}},
+	}, pool.Options{})
+	c := dialRaw(t, f.Addr)
+	reads := `local rcall = redis.call
+local function paused(metaKey) return rcall("HGET", metaKey, "paused") end
+local p = paused(KEYS[1])
+rcall("INCR", KEYS[2])
+return p`
+	writes := `redis.call("HSET", KEYS[1], "opts.maxLenEvents", "10000") return redis.call("INCR", KEYS[2])`
+	learnt(t, f, c, "HSET", "meta:q", "version", "1")
+	hgets := func() int { return f.Redis.CommandStats(t)["hget"] }
+	c.do("HGET", "meta:q", "version") // fills the cache
+	if got := c.do("EVAL", reads, "2", "meta:q", "counter"); got[0] == '-' {
+		t.Fatalf("EVAL: %q", got)
+	}
+	before := hgets()
+	if got := c.do("HGET", "meta:q", "version"); got != "$1\r\n1\r\n" || hgets() != before {
+		t.Errorf("after a script that only reads meta:q, HGET %q went upstream %d times, want 0 (cached)", got, hgets()-before)
+	}
+	if got := c.do("HSET", "meta:q", "version", "1"); got != ":0\r\n" || f.Server.metrics.Absorbed.Load() != 1 {
+		t.Errorf("after a script that only reads meta:q, HSET %q was not absorbed", got)
+	}
+	sha := strings.TrimSpace(strings.SplitN(c.do("SCRIPT", "LOAD", writes), "\r\n", 3)[1])
+	for _, call := range [][]string{{"EVAL", writes, "2", "meta:q", "counter"}, {"EVALSHA", sha, "2", "meta:q", "counter"}} {
+		learnt(t, f, c, "HSET", "meta:q", "version", "1")
+		c.do(call...)
+		before := hsetCount(t, f)
+		c.do("HSET", "meta:q", "version", "1")
+		if hsetCount(t, f) == before {
+			t.Errorf("after %s of a script that writes meta:q, the HSET was absorbed", call[0])
+		}
+	}
+	// A script known only by its SHA1 (loaded by another process).
+	other := `return redis.call("HGET", KEYS[1], "version")`
+	loaded, err := f.Redis.DoRaw("SCRIPT", "LOAD", other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	osha := strings.SplitN(loaded, "\r\n", 3)[1]
+	learnt(t, f, c, "HSET", "meta:q", "version", "1")
+	if got := c.do("EVALSHA", osha, "1", "meta:q"); got[0] == '-' {
+		t.Fatalf("EVALSHA: %q", got)
+	}
+	before = hsetCount(t, f)
+	c.do("HSET", "meta:q", "version", "1")
+	if hsetCount(t, f) == before {
+		t.Error("after EVALSHA of a script funnel never saw, the HSET was absorbed")
+	}
+}

@@ -261,8 +261,18 @@ func (s *session) beginWrite(r *request, info *command.Info, args [][]byte) {
 		return
 	}
 	s.keyArgs = s.keyArgs[:0]
-	for _, p := range pos {
+	sha := ""
+	if isScript(info.Name) && info.Name != "fcall" {
+		sha = s.srv.scriptSHA(info.Name, args)
+	}
+	for i, p := range pos {
+		if sha != "" && !s.srv.scripts.mayWrite(sha, i+1) {
+			continue // a key the script only reads (see scriptBook)
+		}
 		s.keyArgs = append(s.keyArgs, args[p])
+	}
+	if len(s.keyArgs) == 0 && len(pos) > 0 {
+		return
 	}
 	expires := writeExpiry(info.Name, args, time.Now())
 	if (info.Name == "rename" || info.Name == "renamenx" || info.Name == "copy") && len(args) > 1 {

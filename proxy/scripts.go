@@ -16,9 +16,21 @@ import (
 // EVALSHA, loaded by another process, is one funnel cannot judge: the
 // operator names it with --cache-script, which the reloadable settings
 // hold (settings.scripts), not the book.
+//
+// It also knows which of a script's declared keys the script may write
+// (script.WrittenKeys): a write-script's keys it only reads are not made
+// pending, so running BullMQ's moveToActive, which reads the queue's meta
+// hash, neither drops cached reads of that hash nor spoils what funnel knows
+// of it for --absorb.
 type scriptBook struct {
 	mu      sync.RWMutex
-	learned map[string]bool // lower-case SHA1 -> the body only reads
+	learned map[string]judged // lower-case SHA1 -> what its body does
+}
+
+// judged is what funnel found in a script's body.
+type judged struct {
+	readOnly bool
+	writes   script.KeyWrites
 }
 
 // maxLearnedScripts bounds what funnel remembers of scripts it saw; an app
@@ -26,7 +38,7 @@ type scriptBook struct {
 const maxLearnedScripts = 4096
 
 func newScriptBook() *scriptBook {
-	return &scriptBook{learned: map[string]bool{}}
+	return &scriptBook{learned: map[string]judged{}}
 }
 
 // readOnly reports whether the script with this SHA1 was judged to only
@@ -34,7 +46,17 @@ func newScriptBook() *scriptBook {
 func (b *scriptBook) readOnly(sha string) bool {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
-	return b.learned[sha]
+	return b.learned[sha].readOnly
+}
+
+// mayWrite reports whether the script with this SHA1 may write its
+// KEYS[i] (1-based): true unless funnel saw its body and found it only
+// reads that key.
+func (b *scriptBook) mayWrite(sha string, i int) bool {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	j, ok := b.learned[sha]
+	return !ok || j.writes.MayWrite(i)
 }
 
 // learn judges a script body funnel saw and returns its SHA1.
@@ -47,10 +69,10 @@ func (b *scriptBook) learn(body []byte) string {
 	if known {
 		return sha
 	}
-	ro := script.ReadOnly(body, commandOnlyReads)
+	j := judged{readOnly: script.ReadOnly(body, commandOnlyReads), writes: script.WrittenKeys(body, commandOnlyReads)}
 	b.mu.Lock()
 	if len(b.learned) < maxLearnedScripts {
-		b.learned[sha] = ro
+		b.learned[sha] = j
 	}
 	b.mu.Unlock()
 	return sha
