@@ -382,7 +382,9 @@ func (cf *cmdFuzzer) one(info *command.Info, args []string) {
 			cf.watching = false
 		}
 	case "reset":
-		cf.inMulti, cf.watching = false, false
+		if ok { // RESET with arguments is an arity error, and changes nothing
+			cf.inMulti, cf.watching = false, false
+		}
 	}
 }
 
