@@ -44,10 +44,18 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 // every event is in: a poll may see a state before its event arrives.
 const timeline = new Map();
 const eventTime = (id) => Number(String(id).split('-')[0]) || Date.now();
+// Marks may come out of order: the producer marks 'waiting' when add()
+// returns, which on a loaded machine can be after the listener heard the
+// job become active. A mark never ends a state that began after it, and a
+// state marked late ends where a later one began.
 function mark(id, state, at = Date.now()) {
   const t = timeline.get(id) || {};
-  for (const s of Object.keys(t)) if (t[s].until === undefined && s !== state) t[s].until = at;
-  if (!t[state]) t[state] = { from: at };
+  for (const s of Object.keys(t)) if (t[s].until === undefined && s !== state && t[s].from <= at) t[s].until = at;
+  if (!t[state]) {
+    t[state] = { from: at };
+    const later = Object.values(t).filter((x) => x.from > at).map((x) => x.from);
+    if (later.length) t[state].until = Math.min(...later);
+  }
   timeline.set(id, t);
 }
 // heard reports whether the listener has had the event of a state yet.
@@ -107,8 +115,9 @@ async function main() {
     const every = 60000 / opts.jobsPerMin;
     if (idle) return sleep(deadline - Date.now());
     while (Date.now() < deadline) {
-      const job = await queue.add('render', { at: Date.now() });
-      mark(job.id, 'waiting');
+      const before = Date.now();
+      const job = await queue.add('render', { at: before });
+      mark(job.id, 'waiting', before);
       ids.push(job.id);
       await sleep(every);
     }
