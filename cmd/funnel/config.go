@@ -118,7 +118,7 @@ func (c *config) newFlagSet(out io.Writer) *pflag.FlagSet {
 	fs.IntVar(&c.maxClients, "max-clients", 10000, "most client connections at once")
 	fs.StringVar(&c.requirePass, "requirepass", "", "password clients must AUTH with (funnel's own, not the upstream's)")
 	fs.StringSliceVar(&c.deny, "deny", nil, "more commands to refuse, comma separated (e.g. flushall,\"config set\")")
-	fs.StringVar(&c.metricsListen, "metrics-listen", "127.0.0.1:9121", "address for /metrics, /healthz and /readyz; empty disables")
+	fs.StringVar(&c.metricsListen, "metrics-listen", "127.0.0.1:9121", "address for /metrics, /healthz, /readyz and the savings page at /; empty disables")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "on SIGTERM, how long in-flight requests may take to finish")
