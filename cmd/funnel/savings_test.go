@@ -177,3 +177,35 @@ func TestSavingsData(t *testing.T) {
 		t.Fatalf("run: %v", err)
 	}
 }
+
+// TestPricePer100k: --price-per-100k is read from its flag or
+// FUNNEL_PRICE_PER_100K, defaults to Upstash's 0.20, and must be a number
+// of 0 or more.
+func TestPricePer100k(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		env     string
+		want    float64
+		problem string
+	}{
+		{want: 0.20},
+		{env: "0.4", want: 0.4},
+		{args: []string{"--price-per-100k", "1.5"}, env: "0.4", want: 1.5},
+		{args: []string{"--price-per-100k", "0"}, want: 0},
+		{env: "cheap", problem: `FUNNEL_PRICE_PER_100K: "cheap" is not a number (for example 0.2)`},
+		{args: []string{"--price-per-100k", "-1"}, problem: "--price-per-100k: must be a price of 0 or more, in dollars, not -1"},
+		{args: []string{"--price-per-100k", "NaN"}, problem: "--price-per-100k: must be a price of 0 or more, in dollars, not NaN"},
+	} {
+		env := map[string]string{"REDIS_URL": "redis://127.0.0.1:6379", "FUNNEL_PRICE_PER_100K": tc.env}
+		cfg, err := parseConfig(tc.args, io.Discard, func(k string) string { return env[k] })
+		if tc.problem != "" {
+			if err == nil || err.Error() != tc.problem {
+				t.Errorf("%v %q: %v, want %q", tc.args, tc.env, err, tc.problem)
+			}
+			continue
+		}
+		if err != nil || cfg.pricePer100k != tc.want {
+			t.Errorf("%v %q: %v %v, want %v", tc.args, tc.env, cfg, err, tc.want)
+		}
+	}
+}
