@@ -98,8 +98,12 @@ func CommandLabel(name string) string {
 // through here at least twice.
 type CommandCounters struct {
 	m                       *Metrics
+	label                   string
 	client, upstream, local prometheus.Counter
-	duration                prometheus.Observer
+	// duration is made on first use, so that commands never sent upstream
+	// (PING, cache hits only) export no empty histogram.
+	durationOnce sync.Once
+	duration     prometheus.Observer
 }
 
 // Client counts a command received from a client.
@@ -116,7 +120,10 @@ func (c *CommandCounters) Local() { c.local.Inc(); c.m.LocalTotal.Add(1) }
 
 // UpstreamDuration is the command's funnel_upstream_duration_seconds
 // histogram, which the pool tells each reply's time since its write.
-func (c *CommandCounters) UpstreamDuration() prometheus.Observer { return c.duration }
+func (c *CommandCounters) UpstreamDuration() prometheus.Observer {
+	c.durationOnce.Do(func() { c.duration = c.m.UpstreamDuration.WithLabelValues(c.label) })
+	return c.duration
+}
 
 // Command returns the counters of the command name, labelled as
 // CommandLabel says.
@@ -130,10 +137,10 @@ func (m *Metrics) Command(name string) *CommandCounters {
 	}
 	c := &CommandCounters{
 		m:        m,
+		label:    label,
 		client:   m.ClientCommands.WithLabelValues(label),
 		upstream: m.UpstreamCommands.WithLabelValues(label),
 		local:    m.LocalReplies.WithLabelValues(label),
-		duration: m.UpstreamDuration.WithLabelValues(label),
 	}
 	actual, _ := m.byCommand.LoadOrStore(label, c)
 	return actual.(*CommandCounters)

@@ -55,6 +55,7 @@ func hostileBurst(r *rand.Rand, n int) (burst []byte, count int) {
 			{"XINFO", w},
 			{"GET", "c:" + w},
 			{"SET", w, w},
+			{"PING"},
 		} {
 			bs := make([][]byte, len(args))
 			for i, a := range args {
@@ -186,11 +187,25 @@ func TestMetricLabelsFromTableOnly(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{`funnel_upstream_duration_seconds_bucket{command="get"`, `funnel_cache_rule_reads_total{result="miss",rule="c:*"}`,
-		`funnel_build_info{`, `funnel_client_read_bytes_total `, `funnel_upstream_written_bytes_total `, `funnel_exclusive_wait_seconds_bucket{`} {
-		if !strings.Contains(text, want) {
-			t.Errorf("/metrics has no %s...", want)
+	// The new metrics have counted this traffic.
+	for _, want := range []struct{ name, match string }{
+		{"funnel_upstream_duration_seconds_count", `command="set"`},
+		{"funnel_cache_rule_reads_total", `result="miss",rule="c:*"`},
+		{"funnel_build_info", `version="` + buildinfo.Version + `"`},
+		{"funnel_client_read_bytes_total", ""},
+		{"funnel_client_written_bytes_total", ""},
+		{"funnel_upstream_read_bytes_total", ""},
+		{"funnel_upstream_written_bytes_total", ""},
+	} {
+		if v := metricSum(text, want.name, want.match); v <= 0 {
+			t.Errorf("/metrics: %s{%s} is %v, want more than 0", want.name, want.match, v)
 		}
+	}
+	if !strings.Contains(text, "funnel_exclusive_wait_seconds_bucket{") {
+		t.Errorf("/metrics has no funnel_exclusive_wait_seconds")
+	}
+	if strings.Contains(text, `funnel_upstream_duration_seconds_count{command="ping"}`) {
+		t.Errorf("/metrics has an upstream duration for PING, which never goes upstream")
 	}
 	t.Logf("checked %d label values", checked)
 	if err := stop(); err != nil {
