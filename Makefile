@@ -29,9 +29,11 @@ deps:
 run-deps:
 	@scripts/deps.sh --run
 
-# node-deps installs the exact client versions of compat/node/package-lock.json.
+# node-deps installs the exact client versions of compat/node/package-lock.json,
+# and bench/bullmq's BullMQ app (the savings page's browser test runs it).
 node-deps:
 	cd compat/node && npm ci --no-audit --no-fund --loglevel=error
+	cd bench/bullmq && npm ci --no-audit --no-fund --loglevel=error
 
 test: deps node-deps
 	$(GO) vet ./...

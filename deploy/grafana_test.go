@@ -133,6 +133,10 @@ func TestGrafanaDashboard(t *testing.T) {
 		"errors by kind":                `sum by \(kind\) \(rate\(funnel_errors_total`,
 		"latency by route":              `histogram_quantile\(0\.99, sum by \(le, route\) \(rate\(funnel_request_duration_seconds_bucket`,
 		"in-flight":                     `funnel_inflight_requests`,
+		"upstream latency by command":   `histogram_quantile\(0\.99, sum by \(le, command\) \(rate\(funnel_upstream_duration_seconds_bucket`,
+		"cache hit ratio per rule":      `sum by \(rule\) \(rate\(funnel_cache_rule_reads_total`,
+		"bytes in and out":              `funnel_client_read_bytes_total(.*\n)*.*funnel_upstream_read_bytes_total`,
+		"the version running":           `funnel_build_info`,
 	} {
 		if !regexp.MustCompile(re).MatchString(all) {
 			t.Errorf("the dashboard does not show %s", what)

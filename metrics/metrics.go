@@ -12,6 +12,7 @@ import (
 
 	"github.com/funnel-proxy/funnel/cache"
 	"github.com/funnel-proxy/funnel/command"
+	"github.com/funnel-proxy/funnel/internal/buildinfo"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -36,6 +37,16 @@ type Metrics struct {
 	PubSubMessages    prometheus.Counter
 	Panics            prometheus.Counter
 	MemoryWaits       prometheus.Counter // reads held back by --max-memory
+	// UpstreamDuration is the time from writing a command upstream to its
+	// reply, by command (labels as CommandLabel says).
+	UpstreamDuration *prometheus.HistogramVec
+	// ExclusiveWait is how long each borrow of an exclusive-lane
+	// connection waited for one.
+	ExclusiveWait prometheus.Histogram
+	// CacheRuleReads counts reads a --cache rule applied to, by rule (the
+	// rule's pattern, from the configuration) and result: hit, joined or
+	// miss. See CacheRule.
+	CacheRuleReads *prometheus.CounterVec
 
 	// Buffered is the request and reply bytes funnel holds for clients now
 	// (funnel_buffered_bytes), which --max-memory bounds.
@@ -46,10 +57,19 @@ type Metrics struct {
 	// Absorbed counts HSETs funnel answered itself under an absorb rule
 	// (funnel_absorbed_writes_total).
 	Absorbed atomic.Int64
+	// SharedWaitJoins counts blocking commands that joined a shared wait
+	// already under way instead of sending their own
+	// (funnel_shared_waits_joined_total).
+	SharedWaitJoins atomic.Int64
+	// Bytes read from and written to client sockets and upstream sockets,
+	// counted per read or write call (funnel_client_read_bytes_total ...).
+	ClientRead, ClientWritten, UpstreamRead, UpstreamWritten atomic.Int64
 
 	reg          prometheus.Registerer
 	cacheWatched bool
-	byCommand    sync.Map // label -> *CommandCounters
+	cacheStats   func() cache.Stats // set by WatchCache; nil without a cache
+	byCommand    sync.Map           // label -> *CommandCounters
+	byRule       sync.Map           // pattern -> *RuleCounters
 }
 
 // Labels funnel uses for commands that have no name of their own in the
@@ -78,7 +98,12 @@ func CommandLabel(name string) string {
 // through here at least twice.
 type CommandCounters struct {
 	m                       *Metrics
+	label                   string
 	client, upstream, local prometheus.Counter
+	// duration is made on first use, so that commands never sent upstream
+	// (PING, cache hits only) export no empty histogram.
+	durationOnce sync.Once
+	duration     prometheus.Observer
 }
 
 // Client counts a command received from a client.
@@ -93,6 +118,13 @@ func (c *CommandCounters) Upstream(n int) {
 // Local counts a command answered by funnel.
 func (c *CommandCounters) Local() { c.local.Inc(); c.m.LocalTotal.Add(1) }
 
+// UpstreamDuration is the command's funnel_upstream_duration_seconds
+// histogram, which the pool tells each reply's time since its write.
+func (c *CommandCounters) UpstreamDuration() prometheus.Observer {
+	c.durationOnce.Do(func() { c.duration = c.m.UpstreamDuration.WithLabelValues(c.label) })
+	return c.duration
+}
+
 // Command returns the counters of the command name, labelled as
 // CommandLabel says.
 func (m *Metrics) Command(name string) *CommandCounters {
@@ -105,12 +137,43 @@ func (m *Metrics) Command(name string) *CommandCounters {
 	}
 	c := &CommandCounters{
 		m:        m,
+		label:    label,
 		client:   m.ClientCommands.WithLabelValues(label),
 		upstream: m.UpstreamCommands.WithLabelValues(label),
 		local:    m.LocalReplies.WithLabelValues(label),
 	}
 	actual, _ := m.byCommand.LoadOrStore(label, c)
 	return actual.(*CommandCounters)
+}
+
+// RuleCounters are one cache rule's counters, resolved once.
+type RuleCounters struct {
+	hit, joined, miss prometheus.Counter
+}
+
+// Hit counts a read answered from the cache.
+func (r *RuleCounters) Hit() { r.hit.Inc() }
+
+// Joined counts a read that joined an identical one in flight.
+func (r *RuleCounters) Joined() { r.joined.Inc() }
+
+// Miss counts a read sent upstream.
+func (r *RuleCounters) Miss() { r.miss.Inc() }
+
+// CacheRule returns the counters of the cache rule with this pattern. The
+// pattern must come from the configuration, never from a client: it
+// becomes a label value.
+func (m *Metrics) CacheRule(pattern string) *RuleCounters {
+	if c, ok := m.byRule.Load(pattern); ok {
+		return c.(*RuleCounters)
+	}
+	c := &RuleCounters{
+		hit:    m.CacheRuleReads.WithLabelValues(pattern, "hit"),
+		joined: m.CacheRuleReads.WithLabelValues(pattern, "joined"),
+		miss:   m.CacheRuleReads.WithLabelValues(pattern, "miss"),
+	}
+	actual, _ := m.byRule.LoadOrStore(pattern, c)
+	return actual.(*RuleCounters)
 }
 
 // New makes the collectors and registers them on reg.
@@ -173,6 +236,19 @@ func New(reg prometheus.Registerer) *Metrics {
 		MemoryWaits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "funnel_memory_waits_total", Help: "Times a client's reads were held back because funnel was at --max-memory.",
 		}),
+		UpstreamDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "funnel_upstream_duration_seconds",
+			Help:    "Time from writing a command upstream to its reply, by command. A blocking command's includes its wait.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10},
+		}, []string{"command"}),
+		ExclusiveWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "funnel_exclusive_wait_seconds",
+			Help:    "Time a blocking command or WATCH waited for an exclusive-lane connection (0 when one was free).",
+			Buckets: []float64{.0001, .001, .01, .1, .5, 1, 2.5, 5, 10, 30},
+		}),
+		CacheRuleReads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "funnel_cache_rule_reads_total", Help: "Reads a --cache rule applied to, by rule pattern and result: hit (from the cache), joined (an identical read in flight) or miss (sent upstream).",
+		}, []string{"rule", "result"}),
 	}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "funnel_buffered_bytes", Help: "Request and reply bytes funnel holds for clients now, bounded by --max-memory.",
@@ -181,9 +257,23 @@ func New(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.ClientCommands, m.UpstreamCommands, m.LocalReplies, m.ClientConnections,
 		m.ClientsAccepted, m.ClientsClosed, m.UpstreamConns, m.UpstreamDials, m.InFlight, m.Errors, m.Latency,
 		m.Panics, m.MemoryWaits)
-	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
-		Name: "funnel_absorbed_writes_total", Help: "HSET and HMSET commands funnel answered itself because the hash held those values already (--absorb).",
-	}, func() float64 { return float64(m.Absorbed.Load()) }))
+	reg.MustRegister(m.UpstreamDuration, m.ExclusiveWait, m.CacheRuleReads)
+	counter := func(name, help string, v *atomic.Int64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v.Load()) })
+	}
+	reg.MustRegister(
+		counter("funnel_absorbed_writes_total", "HSET and HMSET commands funnel answered itself because the hash held those values already (--absorb).", &m.Absorbed),
+		counter("funnel_shared_waits_joined_total", "Blocking commands that joined a shared wait under way instead of sending their own (--share-waits).", &m.SharedWaitJoins),
+		counter("funnel_client_read_bytes_total", "Bytes read from client connections.", &m.ClientRead),
+		counter("funnel_client_written_bytes_total", "Bytes written to client connections.", &m.ClientWritten),
+		counter("funnel_upstream_read_bytes_total", "Bytes read from upstream connections, login included.", &m.UpstreamRead),
+		counter("funnel_upstream_written_bytes_total", "Bytes written to upstream connections, login included.", &m.UpstreamWritten),
+	)
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "funnel_build_info", Help: "Always 1; its labels say which funnel this is.",
+	}, []string{"version", "commit", "goversion"})
+	buildInfo.WithLabelValues(buildinfo.Version, buildinfo.Commit, buildinfo.GoVersion()).Set(1)
+	reg.MustRegister(buildInfo)
 	return m
 }
 
@@ -195,6 +285,7 @@ func (m *Metrics) WatchCache(stats func() cache.Stats) {
 		return
 	}
 	m.cacheWatched = true
+	m.cacheStats = stats
 	counter := func(name, help string, get func(cache.Stats) int64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(get(stats())) })
 	}

@@ -478,6 +478,9 @@ func (c *Conn) writeOne(bw *bufio.Writer, r *Request, inflight chan<- *Request, 
 		}
 		c.armDeadline(r.Timeout)
 	}
+	if r.Duration != nil {
+		r.writtenAt = time.Now()
+	}
 	_, err := bw.Write(r.Raw)
 	r.sent.Store(true)
 	if c.push != nil {
@@ -600,6 +603,9 @@ func (c *Conn) readLoop(nc net.Conn, inflight <-chan *Request) (head *Request, e
 				got++
 				if got == head.replies() {
 					head.awaitSent()
+					if head.Duration != nil {
+						head.Duration.Observe(time.Since(head.writtenAt).Seconds())
+					}
 					c.completeBatched(head, buf[start:start+n], &batch)
 					head = nil
 					c.replied()

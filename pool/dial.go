@@ -77,12 +77,14 @@ func (u Upstream) String() string {
 // dial connects, runs the TLS handshake, and logs in (see loginCommands),
 // sending the login in one round trip. With wantID it also asks the
 // upstream for the connection's CLIENT ID and returns it (0 if refused).
-// Nothing else is sent, because every command is billed.
-func (u Upstream) dial(ctx context.Context, timeout time.Duration, wantID bool, bill func(name string)) (net.Conn, int64, error) {
+// Nothing else is sent, because every command is billed. wrap is applied
+// to the connection once it is up (after TLS), before the login.
+func (u Upstream) dial(ctx context.Context, timeout time.Duration, wantID bool, wrap func(net.Conn) net.Conn, bill func(name string)) (net.Conn, int64, error) {
 	nc, err := u.connect(ctx, timeout)
 	if err != nil {
 		return nil, 0, err
 	}
+	nc = wrap(nc)
 	login, names := u.loginCommands(wantID)
 	if len(names) == 0 {
 		return nc, 0, nil

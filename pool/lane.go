@@ -42,8 +42,11 @@ func newLane(p *Pool, max int, idleTimeout time.Duration) *Lane {
 }
 
 // Borrow lends a connection for the caller's sole use until it calls Return
-// or Discard. It waits while the lane is full, until ctx ends.
+// or Discard. It waits while the lane is full, until ctx ends. The wait,
+// 0 when a connection was free, goes to funnel_exclusive_wait_seconds.
 func (l *Lane) Borrow(ctx context.Context) (*Conn, error) {
+	start := time.Now()
+	defer func() { l.pool.metrics.ExclusiveWait.Observe(time.Since(start).Seconds()) }()
 	l.mu.Lock()
 	if n := len(l.idle); n > 0 {
 		c := l.idle[n-1].c

@@ -96,7 +96,7 @@ func New(upstream Upstream, opts Options) *Pool {
 // dial opens and logs in a connection for one of the pool's slots, and
 // counts the attempt and the login commands (they are billed).
 func (p *Pool) dial(ctx context.Context, wantID bool) (net.Conn, int64, error) {
-	nc, id, err := p.upstream.dial(ctx, p.opts.DialTimeout, wantID, func(name string) {
+	nc, id, err := p.upstream.dial(ctx, p.opts.DialTimeout, wantID, p.counted, func(name string) {
 		p.metrics.Command(name).Upstream(1)
 	})
 	if err != nil {

@@ -6,6 +6,8 @@ import (
 	"runtime"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // ErrClosed is returned for requests made after the pool was closed.
@@ -137,6 +139,12 @@ type Request struct {
 	Timeout time.Duration
 	// Done is told the outcome.
 	Done Completer
+	// Duration, when set, observes the seconds from writing Raw to reading
+	// its last reply (funnel_upstream_duration_seconds).
+	Duration prometheus.Observer
+	// writtenAt is when the writer wrote Raw, if Duration is set; the reader
+	// reads it only after sent is set.
+	writtenAt time.Time
 
 	// sent is set by the writer once it no longer reads Raw. The reader
 	// completes a request only after that: the reply cannot come before the

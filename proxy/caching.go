@@ -9,6 +9,7 @@ import (
 	"github.com/funnel-proxy/funnel/cache"
 	"github.com/funnel-proxy/funnel/command"
 	"github.com/funnel-proxy/funnel/glob"
+	"github.com/funnel-proxy/funnel/metrics"
 	"github.com/funnel-proxy/funnel/pool"
 	"github.com/funnel-proxy/funnel/resp"
 )
@@ -36,24 +37,27 @@ func ParseCacheRule(s string) (CacheRule, error) {
 }
 
 // ruleTTL returns the TTL for a read of keys: the shortest TTL among st's
-// rules matched, if every key matches one; else 0 (not cached).
-func (st *settings) ruleTTL(keys []string) time.Duration {
+// rules matched, if every key matches one; else 0 (not cached). It also
+// returns the rule that gave that TTL, whose counters the read goes to.
+func (st *settings) ruleTTL(keys []string) (time.Duration, *CacheRule) {
 	var ttl time.Duration
+	var rule *CacheRule
+	rules := st.cacheRules
 	for _, k := range keys {
-		best := time.Duration(0)
-		for _, r := range st.cacheRules {
-			if glob.Match(r.Pattern, k) && (best == 0 || r.TTL < best) {
-				best = r.TTL
+		best := -1
+		for i := range rules {
+			if glob.Match(rules[i].Pattern, k) && (best < 0 || rules[i].TTL < rules[best].TTL) {
+				best = i
 			}
 		}
-		if best == 0 {
-			return 0
+		if best < 0 {
+			return 0, nil
 		}
-		if ttl == 0 || best < ttl {
-			ttl = best
+		if ttl == 0 || rules[best].TTL < ttl {
+			ttl, rule = rules[best].TTL, &rules[best]
 		}
 	}
-	return ttl
+	return ttl, rule
 }
 
 // isScript reports whether a command runs Lua or a function.
@@ -150,9 +154,13 @@ func (s *session) tryCache(r *request) bool {
 	if !complete || len(keys) == 0 {
 		return false
 	}
-	ttl := st.ruleTTL(keys)
+	ttl, rule := st.ruleTTL(keys)
 	if ttl == 0 && s.srv.opts.DisableCoalesce {
 		return false
+	}
+	var counters *metrics.RuleCounters
+	if rule != nil {
+		counters = s.srv.metrics.CacheRule(rule.Pattern) // a label from the configuration
 	}
 	hit, joined, lead := c.Lookup(s.db, s.srv.readKey(info, args, s.resp3()), keys, ttl, time.Now(), (*cacheReader)(r))
 	if lead != nil && ttl > 0 && s.srv.live().cacheGen != st.cacheGen {
@@ -163,11 +171,20 @@ func (s *session) tryCache(r *request) bool {
 	}
 	switch {
 	case hit != nil:
+		if counters != nil {
+			counters.Hit()
+		}
 		r.route = routeCacheHit
 		r.completeLocal(hit)
 	case joined:
 		// r completes with the leader's reply.
+		if counters != nil {
+			counters.Joined()
+		}
 	default:
+		if counters != nil {
+			counters.Miss()
+		}
 		r.flight = lead
 		r.cancellable = false // others may join it
 		s.submit(s.sticky, r)

@@ -97,9 +97,10 @@ func (f fetchReply) Complete(reply []byte, err error) {
 // and waits for the reply. The pool answers every request within its reply
 // timeout, so this cannot hang. It must not run on a session's reader.
 func (srv *Server) fetch(p *pool.Pool, name string, raw []byte) ([]byte, error) {
-	srv.metrics.Command(name).Upstream(1)
+	counters := srv.metrics.Command(name)
+	counters.Upstream(1)
 	done := fetchReply{ch: make(chan fetchResult, 1)}
-	p.Submit(context.Background(), p.Pick(), &pool.Request{Raw: raw, Done: done})
+	p.Submit(context.Background(), p.Pick(), &pool.Request{Raw: raw, Done: done, Duration: counters.UpstreamDuration()})
 	res := <-done.ch
 	return res.reply, res.err
 }

@@ -49,6 +49,7 @@ func (s *session) send(r *request) {
 func (s *session) countUpstream(r *request, n int) {
 	r.upstream = true
 	r.counters.Upstream(n)
+	r.Duration = r.counters.UpstreamDuration()
 	s.srv.metrics.InFlight.Inc()
 	if avg := s.avgReply.Load(); avg > 0 {
 		r.reserved = avg

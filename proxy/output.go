@@ -324,7 +324,8 @@ func (o *output) writeLoop() {
 // would otherwise fail once it passed.
 func (o *output) writeBlocking(b []byte) bool {
 	_ = o.conn.SetWriteDeadline(time.Now().Add(o.s.srv.live().writeTimeout))
-	_, err := o.conn.Write(b)
+	n, err := o.conn.Write(b)
+	o.s.srv.metrics.ClientWritten.Add(int64(n))
 	_ = o.conn.SetWriteDeadline(time.Time{})
 	if err != nil {
 		o.writeFailed(err)
@@ -341,6 +342,9 @@ func (o *output) writeNow(b []byte) (int, error) {
 	o.pending, o.written, o.writeErr = b, 0, nil
 	err := o.raw.Write(o.rawWrite)
 	n := o.written
+	if n > 0 {
+		o.s.srv.metrics.ClientWritten.Add(int64(n))
+	}
 	if err == nil {
 		err = o.writeErr
 	}

@@ -123,7 +123,7 @@ func newSession(srv *Server, conn net.Conn, id int64) *session {
 	s.pool, s.db = srv.pool, srv.pool.Upstream().DB
 	s.info.db = s.db
 	s.info.init(conn, id)
-	s.reader = resp.NewRequestReader(conn, s.limits())
+	s.reader = resp.NewRequestReader(countedReader{conn, &srv.metrics.ClientRead}, s.limits())
 	s.reader.SetBudget(readerBudget{s})
 	s.reader.SetBeforeRead(s.endBatch)
 	s.out.init(s, conn)

@@ -221,7 +221,9 @@ func (h *waitHub) join(key waitKey, r *request, bt blockTimeout, w *waiter) *sha
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	sw := h.waits[key]
-	if sw == nil {
+	if sw != nil {
+		h.srv.metrics.SharedWaitJoins.Add(1)
+	} else {
 		sw = &sharedWait{hub: h, key: key, pop: r.info.Name != "xread", timeoutAt: bt.index, ms: bt.ms}
 		if r.info.Name == "bzpopmin" || r.info.Name == "bzpopmax" {
 			sw.linger = h.srv.waitLinger()

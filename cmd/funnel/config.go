@@ -55,6 +55,7 @@ type config struct {
 	cacheScripts       []string
 	cacheMaxBytes      int64
 	cacheMaxValue      int
+	pricePer100k       float64
 
 	// Actions: what to do instead of serving. They are not settings: no
 	// environment variable or file key sets them (but FUNNEL_CONFIG names
@@ -117,7 +118,7 @@ func (c *config) newFlagSet(out io.Writer) *pflag.FlagSet {
 	fs.IntVar(&c.maxClients, "max-clients", 10000, "most client connections at once")
 	fs.StringVar(&c.requirePass, "requirepass", "", "password clients must AUTH with (funnel's own, not the upstream's)")
 	fs.StringSliceVar(&c.deny, "deny", nil, "more commands to refuse, comma separated (e.g. flushall,\"config set\")")
-	fs.StringVar(&c.metricsListen, "metrics-listen", "127.0.0.1:9121", "address for /metrics, /healthz and /readyz; empty disables")
+	fs.StringVar(&c.metricsListen, "metrics-listen", "127.0.0.1:9121", "address for /metrics, /healthz, /readyz and the savings page at /; empty disables")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "on SIGTERM, how long in-flight requests may take to finish")
@@ -140,6 +141,7 @@ func (c *config) newFlagSet(out io.Writer) *pflag.FlagSet {
 	fs.StringSliceVar(&c.cacheScripts, "cache-script", nil, "SHA1 of a Lua script that only reads, so EVAL/EVALSHA of it may be cached (repeatable)")
 	fs.Int64Var(&c.cacheMaxBytes, "cache-max-bytes", 64<<20, "memory for cached replies; least recently used go first")
 	fs.IntVar(&c.cacheMaxValue, "cache-max-value", 1<<20, "largest reply that is cached, in bytes")
+	fs.Float64Var(&c.pricePer100k, "price-per-100k", 0.20, "what the upstream bills per 100,000 commands, in dollars, for the savings page's estimates (Upstash pay-as-you-go: 0.20)")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve Go profiles at /debug/pprof/ on the metrics address")
 	fs.IntVar(&c.procs, "procs", 1, "CPU cores funnel runs Go code on at once (GOMAXPROCS); 0 leaves Go's default, all cores, and GOMAXPROCS in the environment wins over the default")
 	fs.StringVar(&c.configFile, "config", "", "YAML file of settings keyed by flag name (pool-size: 10); flags and environment variables override it")
@@ -260,6 +262,8 @@ func badValue(f *pflag.Flag, v string, err error) string {
 		return fmt.Sprintf("%q is not a duration (for example %s; units ms, s, m, h)", v, f.DefValue)
 	case "bool":
 		return fmt.Sprintf("%q is not true or false", v)
+	case "float64":
+		return fmt.Sprintf("%q is not a number (for example %s)", v, f.DefValue)
 	}
 	return fmt.Sprintf("%q: %v", v, err)
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/funnel-proxy/funnel/metrics"
 	"github.com/funnel-proxy/funnel/pool"
 	"github.com/funnel-proxy/funnel/proxy"
+	"github.com/funnel-proxy/funnel/savings"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -133,7 +134,9 @@ func runWithReload(ctx context.Context, args []string, stdout io.Writer, getenv 
 	}
 	var admin *http.Server
 	if cfg.metricsListen != "" {
-		admin, err = startAdmin(cfg.metricsListen, cfg.pprof, reg, p, log)
+		page := savings.New(m, savings.Options{PricePer100k: cfg.pricePer100k})
+		defer page.Close()
+		admin, err = startAdmin(cfg.metricsListen, cfg.pprof, reg, p, page, log)
 		if err != nil {
 			ln.Close()
 			p.Close(context.Background())
@@ -191,9 +194,11 @@ func listen(addr string) (net.Listener, error) {
 }
 
 // startAdmin serves /metrics, /healthz (the process is up), /readyz (the
-// upstream can be reached) and, when asked, /debug/pprof/.
-func startAdmin(addr string, withPprof bool, reg *prometheus.Registry, p *pool.Pool, log *slog.Logger) (*http.Server, error) {
+// upstream can be reached), the savings page at / with its data at
+// /api/savings, and, when asked, /debug/pprof/.
+func startAdmin(addr string, withPprof bool, reg *prometheus.Registry, p *pool.Pool, page *savings.Page, log *slog.Logger) (*http.Server, error) {
 	mux := http.NewServeMux()
+	page.Register(mux)
 	if withPprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

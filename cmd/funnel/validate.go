@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -67,6 +68,9 @@ func (c *config) validate() []string {
 		if d.v <= 0 {
 			bad(d.name, "must be a positive duration, not %v", d.v)
 		}
+	}
+	if c.pricePer100k < 0 || math.IsNaN(c.pricePer100k) || math.IsInf(c.pricePer100k, 0) {
+		bad("price-per-100k", "must be a price of 0 or more, in dollars, not %v", c.pricePer100k)
 	}
 	if c.infoTTL < 0 {
 		bad("info-ttl", "must not be negative, not %v (0 means every INFO is fetched)", c.infoTTL)
