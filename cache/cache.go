@@ -65,6 +65,7 @@ type Cache struct {
 	flights   map[cmdKey]*Flight            // reads in flight that others may join
 	lru       *list.List                    // of *entry, most recent first
 	known     map[int]map[string]*hashKnown // by db: what hashes hold (see known.go)
+	noExpiry  map[int]map[string]time.Time  // by db: keys seen to have no expiry, until when (see known.go)
 	stats     Stats
 }
 
@@ -109,7 +110,7 @@ func New(maxBytes int64, maxValue int) *Cache {
 		maxBytes: maxBytes, maxValue: maxValue, seed: maphash.MakeSeed(),
 		dbEpoch: map[int]uint64{}, dbPending: map[int]int32{}, keys: map[int]map[string]*keyState{},
 		entries: map[cmdKey]*entry{}, flights: map[cmdKey]*Flight{}, lru: list.New(),
-		known: map[int]map[string]*hashKnown{},
+		known: map[int]map[string]*hashKnown{}, noExpiry: map[int]map[string]time.Time{},
 	}
 }
 
@@ -305,6 +306,17 @@ type Write struct {
 // make its keys expire (SET ... PX, EXPIRE ...). stripes is storage the
 // Write may keep, so that a write allocates nothing.
 func (c *Cache) BeginWrite(db int, keys [][]byte, expires time.Time, stripes []uint32) Write {
+	return c.beginWrite(db, keys, expires, stripes, true)
+}
+
+// BeginWriteKeepingTTL is BeginWrite for a write that cannot give its keys
+// an expiry (HSET, LPUSH, DEL ...): what funnel knew of the keys' values is
+// forgotten, but not that they have no expiry (see ConfirmNoExpiry).
+func (c *Cache) BeginWriteKeepingTTL(db int, keys [][]byte, stripes []uint32) Write {
+	return c.beginWrite(db, keys, time.Time{}, stripes, false)
+}
+
+func (c *Cache) beginWrite(db int, keys [][]byte, expires time.Time, stripes []uint32, mayExpire bool) Write {
 	w := Write{db: db, stripes: stripes[:0]}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -313,6 +325,9 @@ func (c *Cache) BeginWrite(db int, keys [][]byte, expires time.Time, stripes []u
 	byKey := c.keys[db]
 	for _, key := range keys {
 		c.forgetKnown(db, key)
+		if mayExpire {
+			c.forgetNoExpiry(db, key)
+		}
 		i := c.stripeIndex(db, key)
 		w.stripes = append(w.stripes, i)
 		st := &c.stripes[i]
@@ -344,6 +359,7 @@ func (c *Cache) BeginWriteDB(db int) Write {
 	c.dbEpoch[db] = c.clock
 	c.dbPending[db]++
 	c.forgetKnown(db, nil)
+	c.forgetNoExpiry(db, nil)
 	for k, e := range c.entries {
 		if db == -1 || k.db == db {
 			c.removeEntry(e)
@@ -384,6 +400,7 @@ func (c *Cache) Reset() {
 	c.clock++
 	c.dbEpoch[-1] = c.clock
 	clear(c.known)
+	clear(c.noExpiry)
 	for _, e := range c.entries {
 		c.removeEntry(e) // deleting while ranging over a map is allowed
 	}

@@ -187,7 +187,7 @@ func TestReset(t *testing.T) {
 	w := c.BeginWrite(0, [][]byte{[]byte("h")}, time.Time{}, nil)
 	_, _, inFlight := c.Lookup(0, "get|b", []string{"b"}, time.Minute, t0, nil)
 	c.Reset()
-	if _, ok := c.LearnHash(w, 0, []byte("h"), [][]byte{[]byte("f"), []byte("v")}, t0.Add(time.Minute)); ok {
+	if _, _, ok := c.LearnHash(w, 0, []byte("h"), [][]byte{[]byte("f"), []byte("v")}, t0.Add(time.Minute)); ok {
 		t.Error("a write that began before Reset taught a hash")
 	}
 	c.EndWrite(w)
@@ -208,7 +208,7 @@ func TestReset(t *testing.T) {
 		t.Error("no hit after Reset")
 	}
 	w = c.BeginWrite(0, [][]byte{[]byte("h")}, time.Time{}, nil)
-	if _, ok := c.LearnHash(w, 0, []byte("h"), [][]byte{[]byte("f"), []byte("v")}, t0.Add(time.Minute)); !ok {
+	if _, _, ok := c.LearnHash(w, 0, []byte("h"), [][]byte{[]byte("f"), []byte("v")}, t0.Add(time.Minute)); !ok {
 		t.Error("LearnHash after Reset learnt nothing")
 	}
 	c.EndWrite(w)

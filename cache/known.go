@@ -10,7 +10,13 @@ import "time"
 // and EXPIRE included) forgets it, as does the end of the rule's window.
 // Knowledge counts only once confirmed: funnel asked, after the write, and
 // the key had no expiry (an expiry funnel did not see could make the hash
-// vanish while funnel still answers for it).
+// vanish while funnel still answers for it). That the key has no expiry is
+// remembered apart, for the rule's window from the asking: writes that
+// cannot give a key an expiry (BeginWriteKeepingTTL) forget the values but
+// not that, so learning the values again needs no new question. Writes
+// that may (EXPIRE, SET ... PX, RENAME, a script funnel cannot follow ...),
+// whole-db writes and Reset forget it too. An expiry set from elsewhere
+// within the window is not seen, like any write from elsewhere.
 
 type hashKnown struct {
 	fields    map[string]string
@@ -26,7 +32,10 @@ type hashKnown struct {
 // db) began or ended since w began, or the cache was Reset: then the
 // values might not be the last ones, or the rules changed. It returns
 // what Confirm needs.
-func (c *Cache) LearnHash(w Write, db int, key []byte, pairs [][]byte, until time.Time) (gen uint64, ok bool) {
+//
+// confirmed reports that the key is known to have no expiry already, so
+// the values count at once and ConfirmNoExpiry is not needed.
+func (c *Cache) LearnHash(w Write, db int, key []byte, pairs [][]byte, until time.Time) (gen uint64, confirmed, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st := &c.stripes[c.stripeIndex(db, key)]
@@ -34,26 +43,29 @@ func (c *Cache) LearnHash(w Write, db int, key []byte, pairs [][]byte, until tim
 	// have come after it upstream, or changed the rules: learn nothing.
 	if w.whole || st.pending != 1 || st.version != w.began || c.dbPending[db] > 0 || c.dbPending[-1] > 0 ||
 		c.dbEpoch[db] > w.began || c.dbEpoch[-1] > w.began {
-		return 0, false
+		return 0, false, false
 	}
 	byKey := c.known[db]
 	if byKey == nil {
 		if len(c.known) >= 64 {
-			return 0, false
+			return 0, false, false
 		}
 		byKey = map[string]*hashKnown{}
 		c.known[db] = byKey
 	}
 	if len(byKey) >= maxKnownHashes {
-		return 0, false
+		return 0, false, false
 	}
 	c.clock++
 	hk := &hashKnown{fields: make(map[string]string, len(pairs)/2), until: until, gen: c.clock}
 	for i := 0; i+1 < len(pairs); i += 2 {
 		hk.fields[string(pairs[i])] = string(pairs[i+1])
 	}
+	if t, ok := c.noExpiry[db][string(key)]; ok && time.Now().Before(t) {
+		hk.confirmed = true
+	}
 	byKey[string(key)] = hk
-	return hk.gen, true
+	return hk.gen, hk.confirmed, true
 }
 
 // maxKnownHashes bounds the hashes known per db; absorb rules name a few
@@ -62,11 +74,26 @@ const maxKnownHashes = 10000
 
 // ConfirmNoExpiry records that the key, learnt as gen, had no expiry when
 // funnel asked after learning it.
-func (c *Cache) ConfirmNoExpiry(db int, key []byte, gen uint64) {
+// Nothing written to the key since it was learnt (the same gen), it is
+// remembered to have no expiry until until (see the file's comment).
+func (c *Cache) ConfirmNoExpiry(db int, key []byte, gen uint64, until time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if hk := c.known[db][string(key)]; hk != nil && hk.gen == gen {
-		hk.confirmed = true
+	hk := c.known[db][string(key)]
+	if hk == nil || hk.gen != gen {
+		return
+	}
+	hk.confirmed = true
+	byKey := c.noExpiry[db]
+	if byKey == nil {
+		if len(c.noExpiry) >= 64 {
+			return
+		}
+		byKey = map[string]time.Time{}
+		c.noExpiry[db] = byKey
+	}
+	if len(byKey) < maxKnownHashes {
+		byKey[string(key)] = until
 	}
 }
 
@@ -104,6 +131,21 @@ func (c *Cache) forgetKnown(db int, key []byte) {
 		delete(c.known, db)
 	default:
 		if byKey := c.known[db]; byKey != nil {
+			delete(byKey, string(key))
+		}
+	}
+}
+
+// forgetNoExpiry drops that key of db is known to have no expiry (db -1:
+// of every db; key nil: of every key). mu must be held.
+func (c *Cache) forgetNoExpiry(db int, key []byte) {
+	switch {
+	case db == -1:
+		clear(c.noExpiry)
+	case key == nil:
+		delete(c.noExpiry, db)
+	default:
+		if byKey := c.noExpiry[db]; byKey != nil {
 			delete(byKey, string(key))
 		}
 	}

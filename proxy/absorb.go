@@ -99,9 +99,11 @@ type absorbPlan struct {
 }
 
 // learnHash runs as a write marked by tryAbsorb succeeds, before its write
-// ends: funnel now knows the hash holds those values, and asks the
-// upstream once whether the key has an expiry (PTTL, billed like any
-// command), which it must not have for the values to be absorbed.
+// ends: funnel now knows the hash holds those values. The key must have no
+// expiry for them to be absorbed: unless funnel asked within the rule's
+// window and has seen nothing since that could give it one (see
+// cache.ConfirmNoExpiry), it asks the upstream (PTTL, billed like any
+// command).
 func (r *request) learnHash(w cache.Write) {
 	srv := r.s.srv
 	a := r.absorb
@@ -109,16 +111,17 @@ func (r *request) learnHash(w cache.Write) {
 		return // a reload changed the rules since the window was chosen
 	}
 	key := append([]byte(nil), r.args[1]...)
-	gen, ok := srv.cache.LearnHash(w, a.db, key, r.args[2:], r.start.Add(a.window))
-	if !ok {
+	gen, confirmed, ok := srv.cache.LearnHash(w, a.db, key, r.args[2:], r.start.Add(a.window))
+	if !ok || confirmed {
 		return
 	}
 	srv.wg.Add(1)
 	go func() {
 		defer srv.wg.Done()
+		asked := time.Now()
 		reply, err := srv.fetch(a.pool, "pttl", resp.AppendCommand(nil, []byte("PTTL"), key))
 		if n, ok := resp.Int(reply); err == nil && ok && n == -1 {
-			srv.cache.ConfirmNoExpiry(a.db, key, gen)
+			srv.cache.ConfirmNoExpiry(a.db, key, gen, asked.Add(a.window))
 		}
 	}()
 }

@@ -187,3 +187,46 @@ return p`
 		t.Error("after EVALSHA of a script funnel never saw, the HSET was absorbed")
 	}
 }
+
+// TestNoExpiryRemembered: funnel asks whether a hash has an expiry (PTTL)
+// once per rule window, not after every write that made it learn the
+// values again, as long as what it saw since cannot have given the key an
+// expiry (HINCRBY, HSET, a script that only HSETs it); a write that can
+// (PEXPIRE, a script that may) makes it ask again.
+func TestNoExpiryRemembered(t *testing.T) {
+	f := startFunnel(t, Options{AbsorbRules: []AbsorbRule{{Pattern: "meta:*", Window: time.Minute}}}, pool.Options{})
+	c := dialRaw(t, f.Addr)
+	pttls := func() int { return f.Redis.CommandStats(t)["pttl"] }
+	learnt(t, f, c, "HSET", "meta:q", "v", "1")
+	asked := pttls()
+	relearn := func(what string, wantAsk bool) {
+		t.Helper()
+		before := hsetCount(t, f)
+		c.do("HSET", "meta:q", "v", "1") // forgotten values: sent, and learnt again
+		if hsetCount(t, f) == before {
+			t.Fatalf("after %s: the HSET was absorbed, want sent (the values were forgotten)", what)
+		}
+		if wantAsk {
+			waitUntil(t, 5*time.Second, "funnel to ask for the expiry", func() bool { return pttls() > asked })
+			asked = pttls()
+		} else if got := c.do("HSET", "meta:q", "v", "1"); got != ":0\r\n" || pttls() != asked {
+			t.Fatalf("after %s: HSET %q, PTTL asked %d more times; want absorbed without asking", what, got, pttls()-asked)
+		}
+	}
+	c.do("HINCRBY", "meta:q", "n", "1")
+	relearn("HINCRBY", false)
+	c.do("EVAL", `redis.call("HSET", KEYS[1], "x", "y") return 1`, "1", "meta:q")
+	relearn("a script that only HSETs the key", false)
+	c.do("EVAL", `redis.call("HSET", KEYS[1], "x", "y") redis.call("PERSIST", KEYS[1]) return redis.call("PEXPIRE", KEYS[1], ARGV[1])`, "1", "meta:q", "100000")
+	relearn("a script that may give the key an expiry", true)
+	before := hsetCount(t, f)
+	c.do("HSET", "meta:q", "v", "1")
+	if hsetCount(t, f) == before {
+		t.Fatal("absorbed an HSET of a key a script gave an expiry")
+	}
+	c.do("PERSIST", "meta:q")
+	learnt(t, f, c, "HSET", "meta:q", "v", "1")
+	asked = pttls()
+	c.do("PEXPIRE", "meta:q", "100000")
+	relearn("PEXPIRE", true)
+}

@@ -277,16 +277,31 @@ func (s *session) beginWrite(r *request, info *command.Info, args [][]byte) {
 		r.writes = append(r.writes, c.BeginWriteDB(s.db))
 		return
 	}
+	// A write's keys go in keyArgs, and those it may give an expiry
+	// first: keyArgs[:expiring].
 	s.keyArgs = s.keyArgs[:0]
+	expiring := 0
 	sha := ""
 	if isScript(info.Name) && info.Name != "fcall" {
 		sha = s.srv.scriptSHA(info.Name, args)
 	}
 	for i, p := range pos {
-		if sha != "" && !s.srv.scripts.mayWrite(sha, i+1) {
+		switch {
+		case sha == "":
+			if commandKeepsTTL(info.Name) {
+				s.keyArgs = append(s.keyArgs, args[p])
+				continue
+			}
+		case !s.srv.scripts.mayWrite(sha, i+1):
 			continue // a key the script only reads (see scriptBook)
+		case !s.srv.scripts.mayExpire(sha, i+1):
+			s.keyArgs = append(s.keyArgs, args[p])
+			continue
 		}
-		s.keyArgs = append(s.keyArgs, args[p])
+		s.keyArgs = append(s.keyArgs, nil)
+		copy(s.keyArgs[expiring+1:], s.keyArgs[expiring:])
+		s.keyArgs[expiring] = args[p]
+		expiring++
 	}
 	if len(s.keyArgs) == 0 && len(pos) > 0 {
 		return
@@ -295,8 +310,27 @@ func (s *session) beginWrite(r *request, info *command.Info, args [][]byte) {
 	if (info.Name == "rename" || info.Name == "renamenx" || info.Name == "copy") && len(args) > 1 {
 		expires = c.KnownExpiry(s.db, args[1]) // the destination takes the source's expiry
 	}
-	w := c.BeginWrite(s.db, s.keyArgs, expires, r.stripes)
+	if expiring > 0 {
+		r.addWrite(c.BeginWrite(s.db, s.keyArgs[:expiring], expires, r.stripeStorage()))
+	}
+	if expiring < len(s.keyArgs) || len(s.keyArgs) == 0 {
+		r.addWrite(c.BeginWriteKeepingTTL(s.db, s.keyArgs[expiring:], r.stripeStorage()))
+	}
 	clear(s.keyArgs) // they point into the request, which may be huge
+}
+
+// stripeStorage is r's own storage for its first cache write's stripes, so
+// that a write allocates nothing; a later write gets none (it must not
+// share the first one's).
+func (r *request) stripeStorage() []uint32 {
+	if len(r.writes) == 0 {
+		return r.stripes
+	}
+	return nil
+}
+
+// addWrite records a cache write r began.
+func (r *request) addWrite(w cache.Write) {
 	if len(r.writes) == 0 {
 		r.stripes = w.Stripes()
 	}

@@ -334,3 +334,31 @@ func TestReadOnlyScriptsLearned(t *testing.T) {
 		t.Errorf("upstream ran EVALSHA of a loaded read-only script %d times, want 1", n)
 	}
 }
+
+// TestTransactionWritesEndPending: every write of a transaction ends
+// pending with the transaction's reply, however many keys it writes: after
+// EXEC, each key's reads are cached again (a write whose end was lost
+// would keep its key uncacheable, or end another's too early).
+func TestTransactionWritesEndPending(t *testing.T) {
+	f := startFunnel(t, Options{CacheRules: []CacheRule{{Pattern: "tx:*", TTL: time.Minute}}}, pool.Options{})
+	c := dialRaw(t, f.Addr)
+	c.do("MULTI")
+	for i := range 10 {
+		c.do("SET", fmt.Sprint("tx:", i), fmt.Sprint(i))
+	}
+	c.do("HSET", "tx:h", "f", "v")
+	if got := c.do("EXEC"); !strings.HasPrefix(got, "*11\r\n") {
+		t.Fatalf("EXEC: %q", got)
+	}
+	before := f.Redis.CommandStats(t)["get"]
+	for range 2 {
+		for i := range 10 {
+			if got := c.do("GET", fmt.Sprint("tx:", i)); got != fmt.Sprintf("$1\r\n%d\r\n", i) {
+				t.Fatalf("GET tx:%d: %q", i, got)
+			}
+		}
+	}
+	if n := f.Redis.CommandStats(t)["get"] - before; n != 10 {
+		t.Errorf("upstream ran %d GETs for 10 keys read twice, want 10: some key stayed pending after EXEC", n)
+	}
+}

@@ -49,6 +49,16 @@ func (b *scriptBook) readOnly(sha string) bool {
 	return b.learned[sha].readOnly
 }
 
+// mayExpire reports whether the script with this SHA1 may give its
+// KEYS[i] (1-based) an expiry: true unless funnel saw its body and found
+// the key reaches only reads and commandKeepsTTL's writes.
+func (b *scriptBook) mayExpire(sha string, i int) bool {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	j, ok := b.learned[sha]
+	return !ok || j.writes.MayExpire(i)
+}
+
 // mayWrite reports whether the script with this SHA1 may write its
 // KEYS[i] (1-based): true unless funnel saw its body and found it only
 // reads that key.
@@ -69,7 +79,7 @@ func (b *scriptBook) learn(body []byte) string {
 	if known {
 		return sha
 	}
-	j := judged{readOnly: script.ReadOnly(body, commandOnlyReads), writes: script.WrittenKeys(body, commandOnlyReads)}
+	j := judged{readOnly: script.ReadOnly(body, commandOnlyReads), writes: script.WrittenKeys(body, commandOnlyReads, commandKeepsTTL)}
 	b.mu.Lock()
 	if len(b.learned) < maxLearnedScripts {
 		b.learned[sha] = j
@@ -85,3 +95,24 @@ func commandOnlyReads(name string) bool {
 	return info != nil && info.Subcommands == nil && info.Has(command.ReadOnly) &&
 		!info.Has(command.Write) && !info.Has(command.Nondeterministic) && !info.Has(command.Blocking)
 }
+
+// keepsTTL lists the writes that can never give a key an expiry: they
+// change its value, create it without one, or delete it. A key written
+// only by these keeps having no expiry (see cache.BeginWriteKeepingTTL).
+// SET, the EXPIRE family, GETEX, RESTORE, RENAME, COPY and MOVE are not
+// here, nor is any command funnel does not know.
+var keepsTTL = map[string]bool{
+	"hset": true, "hsetnx": true, "hmset": true, "hdel": true, "hincrby": true, "hincrbyfloat": true,
+	"lpush": true, "rpush": true, "lpushx": true, "rpushx": true, "lpop": true, "rpop": true,
+	"lrem": true, "lset": true, "ltrim": true, "linsert": true, "lmove": true, "rpoplpush": true,
+	"sadd": true, "srem": true, "spop": true, "smove": true,
+	"zadd": true, "zrem": true, "zincrby": true, "zpopmin": true, "zpopmax": true,
+	"zremrangebyscore": true, "zremrangebyrank": true, "zremrangebylex": true,
+	"xadd": true, "xtrim": true, "xdel": true, "xack": true,
+	"incr": true, "incrby": true, "decr": true, "decrby": true, "incrbyfloat": true,
+	"append": true, "setrange": true, "setbit": true, "del": true, "unlink": true, "persist": true,
+}
+
+// commandKeepsTTL reports whether a command, named in lower case, is one
+// of keepsTTL's.
+func commandKeepsTTL(name string) bool { return keepsTTL[name] }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"math/rand"
@@ -59,18 +60,25 @@ func TestSharedPopsExactlyOnce(t *testing.T) {
 							t.Error(err)
 							return
 						}
-						rc := &popClient{conn: conn}
+						// Not dialRaw: its send calls t.Fatal, which this
+						// goroutine must not; tryReply returns errors.
+						rc := &rawConn{t: t, conn: conn, rd: bufio.NewReader(conn)}
+						send := func(args ...string) error {
+							_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+							_, err := conn.Write(resp.AppendCommand(nil, toBytes(args)...))
+							return err
+						}
 						for i := rng.Intn(5); i >= 0 && !stop.Load(); i-- {
 							timeout := time.Duration(50+rng.Intn(300)) * time.Millisecond
 							leave := rng.Intn(8) == 0
-							if err := rc.send(cmd, key, strconv.FormatFloat(timeout.Seconds(), 'f', 3, 64)); err != nil {
+							if err := send(cmd, key, strconv.FormatFloat(timeout.Seconds(), 'f', 3, 64)); err != nil {
 								break
 							}
 							if leave {
 								time.Sleep(timeout / 2)
 								_ = conn.(*net.TCPConn).CloseWrite()
 								for {
-									reply, err := rc.reply(5 * time.Second)
+									reply, err := rc.tryReply(5 * time.Second)
 									if err != nil {
 										break
 									}
@@ -78,7 +86,7 @@ func TestSharedPopsExactlyOnce(t *testing.T) {
 								}
 								break
 							}
-							reply, err := rc.reply(10 * time.Second)
+							reply, err := rc.tryReply(10 * time.Second)
 							if err != nil {
 								t.Errorf("%s: %v", cmd, err)
 								break
@@ -345,45 +353,5 @@ func TestLingeringPopPutsBack(t *testing.T) {
 	}
 	if n, _ := f.Redis.Do("ZCARD", "q:z"); n != ":0\r\n" {
 		t.Fatalf("after the pop ZCARD is %q: m given twice", n)
-	}
-}
-
-// popClient is a raw client connection for goroutines that must not call
-// t.Fatal: its methods return errors.
-type popClient struct {
-	conn net.Conn
-	buf  []byte
-	scan resp.ReplyScanner
-}
-
-func (c *popClient) send(args ...string) error {
-	var b [][]byte
-	for _, a := range args {
-		b = append(b, []byte(a))
-	}
-	_ = c.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_, err := c.conn.Write(resp.AppendCommand(nil, b...))
-	return err
-}
-
-// reply reads one whole reply.
-func (c *popClient) reply(timeout time.Duration) (string, error) {
-	_ = c.conn.SetReadDeadline(time.Now().Add(timeout))
-	for {
-		n, err := c.scan.Scan(c.buf)
-		if err != nil {
-			return "", err
-		}
-		if n > 0 {
-			r := string(c.buf[:n])
-			c.buf = c.buf[n:]
-			return r, nil
-		}
-		chunk := make([]byte, 4096)
-		m, err := c.conn.Read(chunk)
-		c.buf = append(c.buf, chunk[:m]...)
-		if err != nil {
-			return "", err
-		}
 	}
 }

@@ -2,16 +2,22 @@ package script
 
 import "strconv"
 
-// KeyWrites says which of a script's declared keys it may write, from its
-// text. The zero value, and any script funnel cannot follow, may write
-// every key.
+// KeyWrites says which of a script's declared keys it may write, and which
+// it may give an expiry, from its text. The zero value, and any script
+// funnel cannot follow, may write every key and give each an expiry.
 type KeyWrites struct {
 	known   bool         // the analysis followed every use of KEYS
 	written map[int]bool // 1-based KEYS indices that may be written
+	expired map[int]bool // 1-based KEYS indices that may be given an expiry
 }
 
 // MayWrite reports whether the script may write KEYS[i] (1-based).
 func (k KeyWrites) MayWrite(i int) bool { return !k.known || k.written[i] }
+
+// MayExpire reports whether the script may give KEYS[i] (1-based) an
+// expiry: whether the key reaches anything but a read or a command that
+// keepsTTL said cannot set one.
+func (k KeyWrites) MayExpire(i int) bool { return !k.known || k.expired[i] }
 
 // WrittenKeys finds which KEYS[n] a script may write. A key only counts as
 // read when every path its value takes through the text ends as the key of
@@ -28,14 +34,20 @@ func (k KeyWrites) MayWrite(i int) bool { return !k.known || k.written[i] }
 // used other than as KEYS[n] or #KEYS, makes every key count as written.
 // Names are followed through the whole text, without scopes, which can
 // only find more uses than there are: the answer errs towards "may write".
-func WrittenKeys(body []byte, readOnly func(name string) bool) KeyWrites {
+//
+// keepsTTL names the commands that may write a key but never give it an
+// expiry (HSET, LPUSH, DEL ...): a key that reaches only reads and those is
+// written but keeps having no expiry.
+func WrittenKeys(body []byte, readOnly, keepsTTL func(name string) bool) KeyWrites {
 	toks, ok := tokenize(body)
 	if !ok {
 		return KeyWrites{}
 	}
-	a := keyAnalysis{toks: toks, readOnly: readOnly, aliases: callAliases(toks), funcs: map[string][][]string{}}
+	a := keyAnalysis{toks: toks, accept: readOnly, aliases: callAliases(toks), funcs: map[string][][]string{}}
 	a.findFuncs()
-	w := KeyWrites{known: true, written: map[int]bool{}}
+	noExpiry := a
+	noExpiry.accept = func(name string) bool { return readOnly(name) || keepsTTL(name) }
+	w := KeyWrites{known: true, written: map[int]bool{}, expired: map[int]bool{}}
 	for i, t := range toks {
 		if t.kind != identTok || t.text != "KEYS" || prevIs(toks, i, ".") || prevIs(toks, i, ":") {
 			continue
@@ -53,16 +65,20 @@ func WrittenKeys(body []byte, readOnly func(name string) bool) KeyWrites {
 		if !a.onlyRead(i, i+4, map[string]bool{}) {
 			w.written[n] = true
 		}
+		if !noExpiry.onlyRead(i, i+4, map[string]bool{}) {
+			w.expired[n] = true
+		}
 	}
 	return w
 }
 
-// keyAnalysis follows a key's value through a script's tokens.
+// keyAnalysis follows a key's value through a script's tokens, to the
+// commands it reaches: onlyRead reports whether accept takes every one.
 type keyAnalysis struct {
-	toks     []token
-	readOnly func(string) bool
-	aliases  map[string]bool       // local names of redis.call and redis.pcall
-	funcs    map[string][][]string // the script's functions: their parameter lists
+	toks    []token
+	accept  func(string) bool
+	aliases map[string]bool       // local names of redis.call and redis.pcall
+	funcs   map[string][][]string // the script's functions: their parameter lists
 }
 
 // maxFollowed bounds how many names one key is followed through.
@@ -141,13 +157,14 @@ func (a *keyAnalysis) onlyRead(from, to int, followed map[string]bool) bool {
 }
 
 // readCall reports whether the argument at pos of the command call whose
-// "(" is at open is the key of a read-only command named by a literal.
+// "(" is at open is an argument of a command named by a literal that
+// accept takes.
 func (a *keyAnalysis) readCall(open, pos int) bool {
 	toks := a.toks
 	if pos == 0 || open+2 >= len(toks) || toks[open+1].kind != stringTok || !next(toks, open+2, ",") {
 		return false
 	}
-	return a.readOnly(lower(toks[open+1].text))
+	return a.accept(lower(toks[open+1].text))
 }
 
 // nameOnlyRead reports whether every use of a name is only read.

@@ -126,7 +126,7 @@ redis.call("DEL", k)`, []int{1, 2}, nil},
 		{"escaped command name", `redis.call("G\ET", KEYS[1])`, []int{1}, nil},
 	}
 	for _, c := range cases {
-		w := WrittenKeys([]byte(c.body), readOnly)
+		w := WrittenKeys([]byte(c.body), readOnly, keepsTTL)
 		for _, i := range c.written {
 			if !w.MayWrite(i) {
 				t.Errorf("%s: KEYS[%d] judged only read", c.name, i)
@@ -139,7 +139,7 @@ redis.call("DEL", k)`, []int{1, 2}, nil},
 		}
 	}
 	for _, body := range []string{`redis.call("DEL", KEYS[ARGV[1]])`, `local k = KEYS; redis.call("GET", k[1])`, `redis.call("DEL", unpack(KEYS))`, `redis.call("GET", "unterminated)`} {
-		if w := WrittenKeys([]byte(body), readOnly); !w.MayWrite(1) || !w.MayWrite(2) {
+		if w := WrittenKeys([]byte(body), readOnly, keepsTTL); !w.MayWrite(1) || !w.MayWrite(2) || !w.MayExpire(1) {
 			t.Errorf("%q: not followed, so every key may be written", body)
 		}
 	}
@@ -171,7 +171,7 @@ func TestBullMQKeyWrites(t *testing.T) {
 		}
 		return false
 	}
-	mta := WrittenKeys(body("moveToActive"), reads)
+	mta := WrittenKeys(body("moveToActive"), reads, keepsTTL)
 	if mta.MayWrite(9) {
 		t.Error("moveToActive: KEYS[9] (meta) judged written; it only reads it")
 	}
@@ -180,7 +180,47 @@ func TestBullMQKeyWrites(t *testing.T) {
 			t.Errorf("moveToActive: KEYS[%d] judged only read", k)
 		}
 	}
-	if add := WrittenKeys(body("addStandardJob"), reads); !add.MayWrite(3) {
+	add := WrittenKeys(body("addStandardJob"), reads, keepsTTL)
+	if !add.MayWrite(3) {
 		t.Error("addStandardJob: KEYS[3] (meta) judged only read; it sets opts.maxLenEvents when missing")
+	}
+	if add.MayExpire(3) {
+		t.Error("addStandardJob: KEYS[3] (meta) judged to maybe get an expiry; it only reads and HSETs it")
+	}
+}
+
+// keepsTTL is the test's list of writes that never set an expiry.
+func keepsTTL(name string) bool {
+	switch name {
+	case "hset", "del", "incr", "lpush", "zadd", "hincrby":
+		return true
+	}
+	return false
+}
+
+func TestExpiringKeys(t *testing.T) {
+	cases := []struct {
+		name, body string
+		expire     []int // KEYS that may be given an expiry
+		keep       []int // KEYS that keep having none
+	}{
+		{"hset keeps, expire sets", `redis.call("HSET", KEYS[1], "f", "v"); redis.call("PEXPIRE", KEYS[2], 100)`, []int{2}, []int{1}},
+		{"through a function", `local function touch(k) redis.call("HINCRBY", k, "n", 1) end touch(KEYS[1])`, nil, []int{1}},
+		{"set may expire", `redis.call("SET", KEYS[1], "v", "PX", ARGV[1])`, []int{1}, nil},
+		{"unknown function", `helper(KEYS[1])`, []int{1}, nil},
+		{"read only", `return redis.call("GET", KEYS[1])`, nil, []int{1}},
+	}
+	for _, c := range cases {
+		w := WrittenKeys([]byte(c.body), readOnly, keepsTTL)
+		for _, i := range c.expire {
+			if !w.MayExpire(i) {
+				t.Errorf("%s: KEYS[%d] judged to keep no expiry", c.name, i)
+			}
+		}
+		for _, i := range c.keep {
+			if w.MayExpire(i) {
+				t.Errorf("%s: KEYS[%d] judged to maybe get an expiry", c.name, i)
+			}
+		}
 	}
 }
