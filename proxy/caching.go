@@ -277,31 +277,32 @@ func (s *session) beginWrite(r *request, info *command.Info, args [][]byte) {
 		r.writes = append(r.writes, c.BeginWriteDB(s.db))
 		return
 	}
-	// A write's keys go in keyArgs, and those it may give an expiry
-	// first: keyArgs[:expiring].
-	s.keyArgs = s.keyArgs[:0]
 	expiring := 0
+	// The keys the write may change go in keyArgs, those it may give an
+	// expiry first (keyArgs[:expiring]). A script's keys it only reads are
+	// left out, and it may give an expiry only to the keys that reach a
+	// command other than a read or commandKeepsTTL's (see scriptBook).
 	sha := ""
 	if isScript(info.Name) && info.Name != "fcall" {
 		sha = s.srv.scriptSHA(info.Name, args)
 	}
-	for i, p := range pos {
-		switch {
-		case sha == "":
-			if commandKeepsTTL(info.Name) {
-				s.keyArgs = append(s.keyArgs, args[p])
-				continue
-			}
-		case !s.srv.scripts.mayWrite(sha, i+1):
-			continue // a key the script only reads (see scriptBook)
-		case !s.srv.scripts.mayExpire(sha, i+1):
-			s.keyArgs = append(s.keyArgs, args[p])
-			continue
+	written := func(i int) bool { return sha == "" || s.srv.scripts.mayWrite(sha, i+1) }
+	mayExpire := func(i int) bool {
+		if sha == "" {
+			return !commandKeepsTTL(info.Name)
 		}
-		s.keyArgs = append(s.keyArgs, nil)
-		copy(s.keyArgs[expiring+1:], s.keyArgs[expiring:])
-		s.keyArgs[expiring] = args[p]
-		expiring++
+		return s.srv.scripts.mayExpire(sha, i+1)
+	}
+	s.keyArgs = s.keyArgs[:0]
+	for _, expiry := range [2]bool{true, false} {
+		for i, p := range pos {
+			if written(i) && mayExpire(i) == expiry {
+				s.keyArgs = append(s.keyArgs, args[p])
+			}
+		}
+		if expiry {
+			expiring = len(s.keyArgs)
+		}
 	}
 	if len(s.keyArgs) == 0 && len(pos) > 0 {
 		return
