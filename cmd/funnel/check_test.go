@@ -144,6 +144,7 @@ func TestCheckBad(t *testing.T) {
 		"--coalesce=maybe", "--upstream-timeout", "-1s",
 		"--deny", "config sett", "--deny", "get foo",
 		"--cache-max-value", "100", "--cache-max-bytes", "10",
+		"--wait-linger", "-1s",
 	}
 	err := run(context.Background(), args, &bytes.Buffer{}, envOf(env))
 	var ce *configError
@@ -152,6 +153,7 @@ func TestCheckBad(t *testing.T) {
 	}
 	want := []string{
 		`--cache-script: "xyz" is not a script's SHA1: want 40 hex digits`,
+		`--wait-linger: must not be negative, not -1s (0 means a shared pop ends with its waiters)`,
 		`--cache: cache rule "bull:*": want PATTERN=TTL`,
 		`--cache: cache rule "jobs:*=0s": TTL must be a positive duration`,
 		`--cache: pattern "a:*" has two rules`,

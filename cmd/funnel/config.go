@@ -40,6 +40,7 @@ type config struct {
 	infoTTL            time.Duration
 	maxMemory          int64
 	exclusiveWait      time.Duration
+	waitLinger         time.Duration
 	pprof              bool
 	procs              int
 	maxExclusive       int
@@ -94,6 +95,15 @@ func (c *config) proxyInfoTTL() time.Duration {
 	return c.infoTTL
 }
 
+// proxyWaitLinger is --wait-linger as proxy.Options.WaitLinger takes it,
+// where 0 means the default and a negative value none.
+func (c *config) proxyWaitLinger() time.Duration {
+	if c.waitLinger == 0 {
+		return -1
+	}
+	return c.waitLinger
+}
+
 func (c *config) limits() resp.Limits {
 	l := resp.DefaultLimits
 	l.MaxBulk = c.protoMaxBulkLen
@@ -130,6 +140,7 @@ func (c *config) newFlagSet(out io.Writer) *pflag.FlagSet {
 	fs.DurationVar(&c.infoTTL, "info-ttl", proxy.DefaultInfoTTL, "how long a copy of the upstream's INFO may answer a new connection's handshake INFO; 0: never (every INFO is fetched). Later INFOs are always fetched")
 	fs.Int64Var(&c.maxMemory, "max-memory", 1<<30, "request and reply bytes funnel holds for all clients before it stops reading from the clients that hold them")
 	fs.DurationVar(&c.exclusiveWait, "exclusive-wait", 10*time.Second, "longest wait for an exclusive-lane connection before a WATCH or blocking command gets a funnel: error")
+	fs.DurationVar(&c.waitLinger, "wait-linger", 30*time.Second, "how long a shared sorted-set pop (--share-waits; a BullMQ marker) stays upstream after its last waiter, for the next; 0: it ends with its waiters")
 	fs.IntVar(&c.maxExclusive, "max-exclusive", 32, "exclusive upstream connections for blocking commands and WATCH spans")
 	fs.DurationVar(&c.exclusiveIdle, "exclusive-idle-timeout", 60*time.Second, "how long an unused exclusive connection stays open")
 	fs.IntVar(&c.maxMultiBytes, "max-multi-bytes", 64<<20, "largest transaction buffered between MULTI and EXEC, in bytes")

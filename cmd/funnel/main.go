@@ -116,7 +116,7 @@ func runWithReload(ctx context.Context, args []string, stdout io.Writer, getenv 
 		Limits:            cfg.limits(),
 		ClientOutputLimit: cfg.clientOutputLimit, ClientWriteTimeout: cfg.clientWriteTimeout,
 		InfoTTL: cfg.proxyInfoTTL(), MaxMultiBytes: cfg.maxMultiBytes,
-		MaxMemory: cfg.maxMemory, ExclusiveWait: cfg.exclusiveWait,
+		MaxMemory: cfg.maxMemory, ExclusiveWait: cfg.exclusiveWait, WaitLinger: cfg.proxyWaitLinger(),
 		DisableCoalesce: !cfg.coalesce, CacheRules: cfg.cacheRules, CacheScripts: cfg.cacheScripts,
 		CacheMaxBytes: cfg.cacheMaxBytes, CacheMaxValue: cfg.cacheMaxValue,
 		AbsorbRules: cfg.absorbRules, ShareWaits: cfg.shareWaits, Preset: cfg.preset,

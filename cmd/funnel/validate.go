@@ -72,6 +72,9 @@ func (c *config) validate() []string {
 	if c.pricePer100k < 0 || math.IsNaN(c.pricePer100k) || math.IsInf(c.pricePer100k, 0) {
 		bad("price-per-100k", "must be a price of 0 or more, in dollars, not %v", c.pricePer100k)
 	}
+	if c.waitLinger < 0 {
+		bad("wait-linger", "must not be negative, not %v (0 means a shared pop ends with its waiters)", c.waitLinger)
+	}
 	if c.infoTTL < 0 {
 		bad("info-ttl", "must not be negative, not %v (0 means every INFO is fetched)", c.infoTTL)
 	}
