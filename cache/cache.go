@@ -66,6 +66,7 @@ type Cache struct {
 	lru       *list.List                    // of *entry, most recent first
 	known     map[int]map[string]*hashKnown // by db: what hashes hold (see known.go)
 	noExpiry  map[int]map[string]time.Time  // by db: keys seen to have no expiry, until when (see known.go)
+	runs      map[runKey]*hashSetRun        // identical hash writes in flight together (see hashset.go)
 	stats     Stats
 }
 
@@ -110,7 +111,7 @@ func New(maxBytes int64, maxValue int) *Cache {
 		maxBytes: maxBytes, maxValue: maxValue, seed: maphash.MakeSeed(),
 		dbEpoch: map[int]uint64{}, dbPending: map[int]int32{}, keys: map[int]map[string]*keyState{},
 		entries: map[cmdKey]*entry{}, flights: map[cmdKey]*Flight{}, lru: list.New(),
-		known: map[int]map[string]*hashKnown{}, noExpiry: map[int]map[string]time.Time{},
+		known: map[int]map[string]*hashKnown{}, noExpiry: map[int]map[string]time.Time{}, runs: map[runKey]*hashSetRun{},
 	}
 }
 
@@ -295,9 +296,10 @@ func (c *Cache) forgetIfUnused(db int, key string) {
 // Write is a write that began: its keys stay pending until EndWrite.
 type Write struct {
 	db      int
-	whole   bool     // the write's keys are unknown: all of db (or every db, -1) is pending
-	stripes []uint32 // the stripes of its keys
-	began   uint64   // the clock when it began
+	whole   bool        // the write's keys are unknown: all of db (or every db, -1) is pending
+	stripes []uint32    // the stripes of its keys
+	began   uint64      // the clock when it began
+	run     *hashSetRun // the run of identical hash writes it is part of (BeginHashSet)
 }
 
 // BeginWrite records a write to keys of db, about to be sent: replies of
@@ -317,17 +319,26 @@ func (c *Cache) BeginWriteKeepingTTL(db int, keys [][]byte, stripes []uint32) Wr
 }
 
 func (c *Cache) beginWrite(db int, keys [][]byte, expires time.Time, stripes []uint32, mayExpire bool) Write {
-	w := Write{db: db, stripes: stripes[:0]}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	for _, key := range keys {
+		c.forgetKnown(db, key)
+		c.spoilRun(db, key)
+		if mayExpire {
+			c.forgetNoExpiry(db, key)
+		}
+	}
+	return c.beginWriteLocked(db, keys, expires, stripes)
+}
+
+// beginWriteLocked marks keys pending and drops their replies; mu must be
+// held. What is known of the keys is the caller's to forget.
+func (c *Cache) beginWriteLocked(db int, keys [][]byte, expires time.Time, stripes []uint32) Write {
+	w := Write{db: db, stripes: stripes[:0]}
 	c.clock++
 	w.began = c.clock
 	byKey := c.keys[db]
 	for _, key := range keys {
-		c.forgetKnown(db, key)
-		if mayExpire {
-			c.forgetNoExpiry(db, key)
-		}
 		i := c.stripeIndex(db, key)
 		w.stripes = append(w.stripes, i)
 		st := &c.stripes[i]
@@ -360,6 +371,7 @@ func (c *Cache) BeginWriteDB(db int) Write {
 	c.dbPending[db]++
 	c.forgetKnown(db, nil)
 	c.forgetNoExpiry(db, nil)
+	c.spoilRuns(db)
 	for k, e := range c.entries {
 		if db == -1 || k.db == db {
 			c.removeEntry(e)
@@ -386,6 +398,9 @@ func (c *Cache) EndWrite(w Write) {
 		st.pending--
 		st.version = c.clock
 	}
+	if w.run != nil {
+		c.endRun(w.run)
+	}
 }
 
 // Reset drops every stored reply and all that is known of hashes, and
@@ -401,6 +416,7 @@ func (c *Cache) Reset() {
 	c.dbEpoch[-1] = c.clock
 	clear(c.known)
 	clear(c.noExpiry)
+	c.spoilRuns(-1)
 	for _, e := range c.entries {
 		c.removeEntry(e) // deleting while ranging over a map is allowed
 	}

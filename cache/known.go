@@ -39,9 +39,12 @@ func (c *Cache) LearnHash(w Write, db int, key []byte, pairs [][]byte, until tim
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st := &c.stripes[c.stripeIndex(db, key)]
-	// A whole-db write (FLUSHDB, FLUSHALL) or a Reset since w began may
-	// have come after it upstream, or changed the rules: learn nothing.
-	if w.whole || st.pending != 1 || st.version != w.began || c.dbPending[db] > 0 || c.dbPending[-1] > 0 ||
+	// Another write begun or ended since w began (unless all are the same
+	// HSET as w: a clean run, see hashset.go), or a whole-db write
+	// (FLUSHDB, FLUSHALL) or a Reset, may have come after w upstream, or
+	// changed the rules: learn nothing.
+	alone := !w.whole && st.pending == 1 && st.version == w.began
+	if !(alone || c.cleanRun(w, st)) || c.dbPending[db] > 0 || c.dbPending[-1] > 0 ||
 		c.dbEpoch[db] > w.began || c.dbEpoch[-1] > w.began {
 		return 0, false, false
 	}
@@ -53,6 +56,15 @@ func (c *Cache) LearnHash(w Write, db int, key []byte, pairs [][]byte, until tim
 		byKey = map[string]*hashKnown{}
 		c.known[db] = byKey
 	}
+	if hk := byKey[string(key)]; hk != nil && len(hk.fields) == len(pairs)/2 && c.holdsLocked(db, key, pairs) {
+		// The same values again (a run of identical HSETs): keep the
+		// learning, so an expiry check in flight for it still counts, and
+		// restart its window; it stays confirmed only while the key is
+		// remembered to have no expiry.
+		hk.until = until
+		hk.confirmed = c.noExpiryUntil(db, key)
+		return hk.gen, hk.confirmed, true
+	}
 	if len(byKey) >= maxKnownHashes {
 		return 0, false, false
 	}
@@ -61,9 +73,7 @@ func (c *Cache) LearnHash(w Write, db int, key []byte, pairs [][]byte, until tim
 	for i := 0; i+1 < len(pairs); i += 2 {
 		hk.fields[string(pairs[i])] = string(pairs[i+1])
 	}
-	if t, ok := c.noExpiry[db][string(key)]; ok && time.Now().Before(t) {
-		hk.confirmed = true
-	}
+	hk.confirmed = c.noExpiryUntil(db, key)
 	byKey[string(key)] = hk
 	return hk.gen, hk.confirmed, true
 }
@@ -109,7 +119,23 @@ func (c *Cache) HashHolds(db int, key []byte, pairs [][]byte, now time.Time) boo
 		return false
 	}
 	st := &c.stripes[c.stripeIndex(db, key)]
-	if st.pending > 0 || st.expires != 0 || c.dbPending[db] > 0 || c.dbPending[-1] > 0 {
+	// Writes in flight are allowed only when they are a clean run of one
+	// HSET, which set values funnel knows (BeginHashSet forgets them
+	// otherwise).
+	if run := c.runs[runKey{db, string(key)}]; st.pending > 0 && (run == nil || !run.clean || st.pending != run.inflight) {
+		return false
+	}
+	if st.expires != 0 || c.dbPending[db] > 0 || c.dbPending[-1] > 0 {
+		return false
+	}
+	return c.holdsLocked(db, key, pairs)
+}
+
+// holdsLocked reports whether what is known of the hash at key of db gives
+// every field of pairs the value pairs gives it. mu must be held.
+func (c *Cache) holdsLocked(db int, key []byte, pairs [][]byte) bool {
+	hk := c.known[db][string(key)]
+	if hk == nil {
 		return false
 	}
 	for i := 0; i+1 < len(pairs); i += 2 {
@@ -149,4 +175,11 @@ func (c *Cache) forgetNoExpiry(db int, key []byte) {
 			delete(byKey, string(key))
 		}
 	}
+}
+
+// noExpiryUntil reports whether key of db is remembered to have no expiry
+// now. mu must be held.
+func (c *Cache) noExpiryUntil(db int, key []byte) bool {
+	t, ok := c.noExpiry[db][string(key)]
+	return ok && time.Now().Before(t)
 }

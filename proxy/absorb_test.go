@@ -3,10 +3,12 @@ package proxy
 import (
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/funnel-proxy/funnel/pool"
+	"github.com/funnel-proxy/funnel/resp"
 )
 
 // hsetCount returns how many HSET and HMSET the upstream ran.
@@ -229,4 +231,100 @@ func TestNoExpiryRemembered(t *testing.T) {
 	asked = pttls()
 	c.do("PEXPIRE", "meta:q", "100000")
 	relearn("PEXPIRE", true)
+}
+
+// TestAbsorbLearnsFromOverlappingHSETs: identical HSETs in flight together
+// (many new Queues at once) teach funnel the hash's values as one alone
+// would, and while only such HSETs are in flight more of them are
+// absorbed: under a flood of them from 4 clients, most never go upstream.
+func TestAbsorbLearnsFromOverlappingHSETs(t *testing.T) {
+	f := startFunnel(t, Options{AbsorbRules: []AbsorbRule{{Pattern: "meta:*", Window: time.Minute}}}, pool.Options{Size: 2})
+	const clients, bursts, perBurst = 4, 20, 20
+	var burst []byte
+	for range perBurst {
+		burst = resp.AppendCommand(burst, []byte("HSET"), []byte("meta:q"), []byte("opts.maxLenEvents"), []byte("10000"), []byte("version"), []byte("6.7"))
+	}
+	before := hsetCount(t, f)
+	var wg sync.WaitGroup
+	for range clients {
+		c := dialRaw(t, f.Addr)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range bursts {
+				if _, err := c.conn.Write(burst); err != nil {
+					t.Error(err)
+					return
+				}
+				for range perBurst {
+					if got, err := c.tryReply(10 * time.Second); err != nil || (got != ":0\r\n" && got != ":2\r\n") {
+						t.Errorf("HSET: %q %v", got, err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	sent, total := hsetCount(t, f)-before, clients*bursts*perBurst
+	t.Logf("%d of %d overlapping identical HSETs went upstream, %d absorbed", sent, total, f.Server.metrics.Absorbed.Load())
+	if sent > total/2 {
+		t.Errorf("%d of %d identical HSETs went upstream: overlapping ones taught funnel nothing", sent, total)
+	}
+}
+
+// TestAbsorbStaysTrueUnderFlood: while clients flood funnel with identical
+// HSETs, another deletes a field and writes the same HSET again: its HSET,
+// absorbed or not, must leave the field there (only it deletes): funnel
+// never answers for values a write it saw has changed, flood or not. (The
+// flood re-adds the field quickly, which hides a run learnt across a write;
+// cache's TestHashSetRuns checks that rule deterministically.)
+func TestAbsorbStaysTrueUnderFlood(t *testing.T) {
+	f := startFunnel(t, Options{AbsorbRules: []AbsorbRule{{Pattern: "meta:*", Window: time.Minute}}}, pool.Options{Size: 3})
+	pairs := []string{"opts.maxLenEvents", "10000", "version", "6.7"}
+	var burst []byte
+	for range 10 {
+		burst = resp.AppendCommand(burst, toBytes(append([]string{"HSET", "meta:q"}, pairs...))...)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 3 {
+		c := dialRaw(t, f.Addr)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := c.conn.Write(burst); err != nil {
+					t.Error(err)
+					return
+				}
+				for range 10 {
+					if _, err := c.tryReply(10 * time.Second); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	z := dialRaw(t, f.Addr)
+	bad := 0
+	for range 300 {
+		z.do("HDEL", "meta:q", "version")
+		z.do(append([]string{"HSET", "meta:q"}, pairs...)...)
+		if got := z.do("HEXISTS", "meta:q", "version"); got != ":1\r\n" {
+			bad++
+		}
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("absorbed %d HSETs", f.Server.metrics.Absorbed.Load())
+	if bad > 0 {
+		t.Errorf("%d of 300 times a field was missing right after the HSET that sets it", bad)
+	}
 }

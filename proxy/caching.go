@@ -271,6 +271,12 @@ func (s *session) beginWrite(r *request, info *command.Info, args [][]byte) {
 		r.writes = append(r.writes, c.BeginWriteDB(-1))
 		return
 	}
+	if r.absorb != nil {
+		// An HSET funnel may learn from (see tryAbsorb): identical ones in
+		// flight together may all teach it.
+		r.addWrite(c.BeginHashSet(s.db, args[1], args[2:], r.stripeStorage()))
+		return
+	}
 	pos, complete := info.KeyPositions(s.keyPos[:0], args)
 	s.keyPos = pos
 	if !complete || (len(pos) == 0 && !isScript(info.Name)) {
