@@ -218,3 +218,35 @@ func TestBlockedClientDisconnects(t *testing.T) {
 		t.Fatalf("BLPOP after: %q", got)
 	}
 }
+
+// TestLaneTimeoutReplyMatchesRedis: a blocking command whose timeout passes
+// while it waits for a lane connection gets what Redis answers a timeout,
+// even where the command run at that moment inside MULTI answers
+// otherwise (BLMOVE and BRPOPLPUSH give a nil bulk there, a nil array on a
+// timeout).
+func TestLaneTimeoutReplyMatchesRedis(t *testing.T) {
+	f := startFunnel(t, Options{}, pool.Options{MaxExclusive: 1})
+	holder := dialRaw(t, f.Addr)
+	holder.send("BLPOP", "held", "5")
+	waitUntil(t, 5*time.Second, "the lane to be taken", func() bool { return f.Server.blockedClients.Load() == 1 })
+	for _, proto := range []string{"2", "3"} {
+		c := dialRaw(t, f.Addr)
+		c.do("HELLO", proto)
+		want := "*-1\r\n"
+		if proto == "3" {
+			want = "_\r\n"
+		}
+		for _, cmd := range [][]string{
+			{"BLMOVE", "empty", "dst", "LEFT", "RIGHT", "0.1"},
+			{"BRPOPLPUSH", "empty", "dst", "0.1"},
+			{"BLPOP", "empty", "0.1"},
+			{"BZPOPMIN", "emptyz", "0.1"},
+		} {
+			if got := c.do(cmd...); got != want {
+				t.Errorf("RESP%s %v with the lane full: %q, want %q (Redis's timeout reply)", proto, cmd, got, want)
+			}
+		}
+	}
+	f.Redis.Do("RPUSH", "held", "x")
+	holder.reply()
+}

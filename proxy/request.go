@@ -335,7 +335,14 @@ func (r *request) adjusted(reply []byte) []byte {
 			return r.override
 		}
 	case adjustUnwrap:
-		return resp.SingleElement(reply)
+		inner := resp.SingleElement(reply)
+		if bytes.Equal(inner, resp.NilBulk) && r.info != nil && (r.info.Name == "blmove" || r.info.Name == "brpoplpush") {
+			// Inside MULTI these answer an empty list as LMOVE does, with a
+			// nil bulk; blocked until their timeout, with Redis's timeout
+			// reply, a nil array.
+			return resp.NilArray
+		}
+		return inner
 	case adjustPublish:
 		if n, ok := resp.Int(reply); ok && len(r.args) > 1 {
 			n = r.s.srv.hub.receivers(r.args[1], n, r.info.Name == "spublish")
