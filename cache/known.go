@@ -149,29 +149,22 @@ func (c *Cache) holdsLocked(db int, key []byte, pairs [][]byte) bool {
 
 // forgetKnown drops what is known of key in db (db -1: of every db; key
 // nil: of every key). mu must be held.
-func (c *Cache) forgetKnown(db int, key []byte) {
-	switch {
-	case db == -1:
-		clear(c.known)
-	case key == nil:
-		delete(c.known, db)
-	default:
-		if byKey := c.known[db]; byKey != nil {
-			delete(byKey, string(key))
-		}
-	}
-}
+func (c *Cache) forgetKnown(db int, key []byte) { forget(c.known, db, key) }
 
 // forgetNoExpiry drops that key of db is known to have no expiry (db -1:
 // of every db; key nil: of every key). mu must be held.
-func (c *Cache) forgetNoExpiry(db int, key []byte) {
+func (c *Cache) forgetNoExpiry(db int, key []byte) { forget(c.noExpiry, db, key) }
+
+// forget deletes key of db from a by-db map of facts about keys (db -1:
+// every db; key nil: every key of db).
+func forget[V any](m map[int]map[string]V, db int, key []byte) {
 	switch {
 	case db == -1:
-		clear(c.noExpiry)
+		clear(m)
 	case key == nil:
-		delete(c.noExpiry, db)
+		delete(m, db)
 	default:
-		if byKey := c.noExpiry[db]; byKey != nil {
+		if byKey := m[db]; byKey != nil {
 			delete(byKey, string(key))
 		}
 	}

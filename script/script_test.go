@@ -127,16 +127,7 @@ redis.call("DEL", k)`, []int{1, 2}, nil},
 	}
 	for _, c := range cases {
 		w := WrittenKeys([]byte(c.body), readOnly, keepsTTL)
-		for _, i := range c.written {
-			if !w.MayWrite(i) {
-				t.Errorf("%s: KEYS[%d] judged only read", c.name, i)
-			}
-		}
-		for _, i := range c.read {
-			if w.MayWrite(i) {
-				t.Errorf("%s: KEYS[%d] judged written", c.name, i)
-			}
-		}
+		judged(t, c.name, w.MayWrite, c.written, c.read, "written")
 	}
 	for _, body := range []string{`redis.call("DEL", KEYS[ARGV[1]])`, `local k = KEYS; redis.call("GET", k[1])`, `redis.call("DEL", unpack(KEYS))`, `redis.call("GET", "unterminated)`} {
 		if w := WrittenKeys([]byte(body), readOnly, keepsTTL); !w.MayWrite(1) || !w.MayWrite(2) || !w.MayExpire(1) {
@@ -212,15 +203,21 @@ func TestExpiringKeys(t *testing.T) {
 	}
 	for _, c := range cases {
 		w := WrittenKeys([]byte(c.body), readOnly, keepsTTL)
-		for _, i := range c.expire {
-			if !w.MayExpire(i) {
-				t.Errorf("%s: KEYS[%d] judged to keep no expiry", c.name, i)
-			}
+		judged(t, c.name, w.MayExpire, c.expire, c.keep, "given an expiry")
+	}
+}
+
+// judged checks that may holds for every KEYS index of yes and none of no.
+func judged(t *testing.T, name string, may func(int) bool, yes, no []int, what string) {
+	t.Helper()
+	for _, i := range yes {
+		if !may(i) {
+			t.Errorf("%s: KEYS[%d] judged never %s", name, i, what)
 		}
-		for _, i := range c.keep {
-			if w.MayExpire(i) {
-				t.Errorf("%s: KEYS[%d] judged to maybe get an expiry", c.name, i)
-			}
+	}
+	for _, i := range no {
+		if may(i) {
+			t.Errorf("%s: KEYS[%d] judged maybe %s", name, i, what)
 		}
 	}
 }
