@@ -475,11 +475,20 @@ func (sw *sharedWait) restore(reply []byte) {
 		name, raw = "zadd", resp.AppendCommand(nil, []byte("ZADD"), key, []byte("NX"), parts[2], parts[1])
 	}
 	srv := sw.hub.srv
-	srv.log.Info("shared wait: put back an element popped just after its last waiter left", "key", resp.Quote(key, 64))
+	srv.log.Info("shared wait: put back an element popped for a waiter that had left", "key", resp.Quote(key, 64))
 	p := sw.key.pool
+	// The put-back is a write like any: its key is pending until it is in,
+	// so no cached read of the key from before it is served after it.
+	var w cache.Write
+	if srv.cache != nil {
+		w = srv.cache.BeginWriteKeepingTTL(p.Upstream().DB, [][]byte{key}, nil)
+	}
 	srv.wg.Add(1)
 	go func() {
 		defer srv.wg.Done()
 		_, _ = srv.fetch(p, name, raw)
+		if srv.cache != nil {
+			srv.cache.EndWrite(w)
+		}
 	}()
 }
