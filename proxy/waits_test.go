@@ -355,3 +355,31 @@ func TestLingeringPopPutsBack(t *testing.T) {
 		t.Fatalf("after the pop ZCARD is %q: m given twice", n)
 	}
 }
+
+// TestPutBackIsPending: funnel's put-back of an element is a write the
+// cache tracks like a client's: while it is on its way (held here by
+// CLIENT PAUSE WRITE upstream), no read of its key fills the cache, so no
+// reply from before it is served after it.
+func TestPutBackIsPending(t *testing.T) {
+	f := startFunnel(t, Options{CacheRules: []CacheRule{{Pattern: "q:*", TTL: time.Minute}}}, pool.Options{})
+	if _, err := f.Redis.Do("CLIENT", "PAUSE", "2000", "WRITE"); err != nil {
+		t.Fatal(err)
+	}
+	defer f.Redis.Do("CLIENT", "UNPAUSE")
+	sw := &sharedWait{hub: f.Server.waits, key: waitKey{pool: f.Pool}, args: [][]byte{[]byte("BLPOP"), []byte("q:a"), []byte("1")}}
+	sw.restore([]byte("*2\r\n$3\r\nq:a\r\n$1\r\nx\r\n"))
+	c := f.Server.cache
+	_, _, lead := c.Lookup(0, "llen|q:a", []string{"q:a"}, time.Minute, time.Now(), nil)
+	if lead == nil {
+		t.Fatal("no flight to lead")
+	}
+	c.Finish(lead, []byte(":0\r\n"), nil)
+	if hit, _, _ := c.Lookup(0, "llen|q:a", []string{"q:a"}, time.Minute, time.Now(), nil); hit != nil {
+		t.Fatalf("a read during the put-back filled the cache: %q", hit)
+	}
+	f.Redis.Do("CLIENT", "UNPAUSE")
+	waitUntil(t, 5*time.Second, "the element to be back", func() bool {
+		n, _ := f.Redis.Do("LLEN", "q:a")
+		return n == ":1\r\n"
+	})
+}
