@@ -150,14 +150,18 @@ func (r *request) release() {
 	// The arguments point into Raw, which may be a huge buffer of its own:
 	// no recycled request may keep it alive.
 	clear(r.argBuf[:cap(r.argBuf)])
-	reply, raw, argBuf, stripes := r.reply[:0], r.rawBuf[:0], r.argBuf[:0], r.stripes[:0]
+	clear(r.writes) // nor a cache write's stripes or run
+	reply, raw, argBuf, stripes, writes := r.reply[:0], r.rawBuf[:0], r.argBuf[:0], r.stripes[:0], r.writes[:0]
 	if cap(reply) > maxKeptBuf {
 		reply = nil
 	}
 	if cap(raw) > maxKeptBuf {
 		raw = nil
 	}
-	*r = request{reply: reply, rawBuf: raw, argBuf: argBuf, stripes: stripes}
+	if cap(writes) > maxKeptWrites {
+		writes = nil // a big transaction's
+	}
+	*r = request{reply: reply, rawBuf: raw, argBuf: argBuf, stripes: stripes, writes: writes}
 	requestPool.Put(r)
 }
 
@@ -169,6 +173,9 @@ func (r *request) dropped() {
 		}
 	}
 }
+
+// maxKeptWrites is the most cache writes a recycled request keeps room for.
+const maxKeptWrites = 16
 
 // replyBytes is the reply to write.
 func (r *request) replyBytes() []byte {
