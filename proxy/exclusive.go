@@ -6,6 +6,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -16,12 +17,21 @@ import (
 // lease is a client's hold on an exclusive-lane connection. It ends in one
 // of two ways, whichever comes first: released clean to the lane when the
 // last request on it completes after the client is done with it (ending),
-// or discarded (closed) when the client goes away mid-use.
+// or discarded (closed) when the client goes away mid-use. A client that
+// goes away while its blocking command waits upstream has that command
+// ended with CLIENT UNBLOCK instead, and the lease is held meanwhile (see
+// unblockDeparted), so the connection goes back to the lane only once the
+// UNBLOCK is answered and can reach no one else's command.
 type lease struct {
 	conn   *pool.Conn
 	lane   *pool.Lane
 	state  atomic.Int32 // 0 active, 1 released, 2 discarded
 	ending atomic.Bool  // the client sent its last command for this lease
+	// held defers release until unhold; wantRelease records a release
+	// that came meanwhile. Guarded by mu.
+	mu          sync.Mutex
+	held        bool
+	wantRelease bool
 	// watched are the keys WATCHed on it, in db, counted in watches until
 	// the lease ends (the WATCH state ends with it upstream).
 	watched []string
@@ -30,9 +40,34 @@ type lease struct {
 }
 
 func (l *lease) release() {
+	l.mu.Lock()
+	if l.held {
+		l.wantRelease = true
+		l.mu.Unlock()
+		return
+	}
+	l.mu.Unlock()
 	if l.state.CompareAndSwap(0, 1) {
 		l.unwatch()
 		l.lane.Return(l.conn)
+	}
+}
+
+// hold keeps release from giving the connection back until unhold.
+func (l *lease) hold() {
+	l.mu.Lock()
+	l.held = true
+	l.mu.Unlock()
+}
+
+// unhold ends hold, and releases the lease if a release came meanwhile.
+func (l *lease) unhold() {
+	l.mu.Lock()
+	l.held = false
+	want := l.wantRelease
+	l.mu.Unlock()
+	if want {
+		l.release()
 	}
 }
 
@@ -155,6 +190,11 @@ func (s *session) forwardBlocking(r *request) {
 	}
 	r.blocked = true
 	s.srv.blockedClients.Add(1)
+	if putsBack(r.info.Name) {
+		// An element popped for this client after it left goes back.
+		srv, p, name := s.srv, s.pool, r.info.Name
+		r.undelivered = func(reply []byte) { putBack(srv, p, name, reply) }
+	}
 	ctx, cancel := context.WithCancelCause(s.ctx())
 	bw := &blockingWait{cancel: cancel}
 	s.mu.Lock()
@@ -296,15 +336,46 @@ func (s *session) forwardEnding(r *request, reply []byte) {
 }
 
 // endExclusive gives up the client's exclusive connection when it leaves:
-// one still in use (blocked, or inside WATCH) is closed, never handed on.
+// one still in use inside WATCH is closed, never handed on; one whose
+// blocking command still waits upstream has it ended (unblockDeparted).
 func (s *session) endExclusive() {
 	if s.lease != nil {
 		s.lease.discard()
 		s.lease = nil
 	}
-	if l := s.stickyLease; l != nil && s.upInFlight.Load() > 0 {
+	if l := s.stickyLease; l != nil && s.upInFlight.Load() > 0 && !s.unblockDeparted(l) {
 		l.discard()
 	}
+}
+
+// unblockDeparted ends the blocking command that a departed client left
+// waiting upstream on l, with CLIENT UNBLOCK on another connection, and
+// reports whether it sent one. Closing l would end it too, but Redis may
+// serve the command an element before it sees the close, and that element
+// would be popped for nobody; this way an element that comes first is
+// answered to the dead session, which puts it back (request.undelivered),
+// and l goes back to the lane clean once the UNBLOCK is answered (held
+// until then, so the UNBLOCK can reach no other client's command).
+func (s *session) unblockDeparted(l *lease) bool {
+	s.mu.Lock()
+	bw := s.blocking
+	s.mu.Unlock()
+	id := l.conn.UpstreamID()
+	if bw == nil || bw.lease != l || id == 0 {
+		return false
+	}
+	l.hold()
+	srv, p := s.srv, s.pool
+	srv.wg.Add(1)
+	go func() {
+		defer srv.wg.Done()
+		defer l.unhold()
+		raw := resp.AppendCommand(nil, []byte("CLIENT"), []byte("UNBLOCK"), strconv.AppendInt(nil, id, 10), []byte("TIMEOUT"))
+		if _, err := srv.fetch(p, "client|unblock", raw); err != nil {
+			l.discard() // the command may still wait: close it
+		}
+	}()
+	return true
 }
 
 func laneError(err error, wait time.Duration) error {

@@ -450,33 +450,40 @@ func (sw *sharedWait) endLocked() {
 }
 
 // restore puts back an element the upstream pop took when no waiter was
-// left to take it, or whose waiter left before it was written: at the head
-// of the list for BLPOP, its tail for BRPOP, with its score for BZPOPMIN
-// and BZPOPMAX. It touches nothing hub.mu guards.
+// left to take it, or whose waiter left before it was written (putBack).
+// It touches nothing hub.mu guards.
 func (sw *sharedWait) restore(reply []byte) {
+	putBack(sw.hub.srv, sw.key.pool, string(bytes.ToLower(sw.args[0])), reply)
+}
+
+// putBack puts back an element that a blocking pop (name, in lower case)
+// took for a client that was gone before it was written: at the head of
+// the list for BLPOP, its tail for BRPOP, with its score for BZPOPMIN and
+// BZPOPMAX (ZADD NX: a member added again since keeps its new score, as it
+// would have had the pop not happened). It is the one write funnel makes
+// on its own, billed like any.
+func putBack(srv *Server, p *pool.Pool, name string, reply []byte) {
 	parts := resp.FlatArray(reply)
 	if len(parts) < 2 {
 		return
 	}
 	key := parts[0]
-	var name string
+	var cmd string
 	var raw []byte
-	switch string(bytes.ToLower(sw.args[0])) {
+	switch name {
 	case "blpop":
-		name, raw = "lpush", resp.AppendCommand(nil, []byte("LPUSH"), key, parts[1])
+		cmd, raw = "lpush", resp.AppendCommand(nil, []byte("LPUSH"), key, parts[1])
 	case "brpop":
-		name, raw = "rpush", resp.AppendCommand(nil, []byte("RPUSH"), key, parts[1])
-	default:
+		cmd, raw = "rpush", resp.AppendCommand(nil, []byte("RPUSH"), key, parts[1])
+	case "bzpopmin", "bzpopmax":
 		if len(parts) < 3 {
 			return
 		}
-		// NX: a member added again since the pop keeps its new score, as
-		// it would have had the pop not happened.
-		name, raw = "zadd", resp.AppendCommand(nil, []byte("ZADD"), key, []byte("NX"), parts[2], parts[1])
+		cmd, raw = "zadd", resp.AppendCommand(nil, []byte("ZADD"), key, []byte("NX"), parts[2], parts[1])
+	default:
+		return
 	}
-	srv := sw.hub.srv
-	srv.log.Info("shared wait: put back an element popped for a waiter that had left", "key", resp.Quote(key, 64))
-	p := sw.key.pool
+	srv.log.Info("put back an element popped for a client that had left", "command", name, "key", resp.Quote(key, 64))
 	// The put-back is a write like any: its key is pending until it is in,
 	// so no cached read of the key from before it is served after it.
 	var w cache.Write
@@ -486,9 +493,19 @@ func (sw *sharedWait) restore(reply []byte) {
 	srv.wg.Add(1)
 	go func() {
 		defer srv.wg.Done()
-		_, _ = srv.fetch(p, name, raw)
+		_, _ = srv.fetch(p, cmd, raw)
 		if srv.cache != nil {
 			srv.cache.EndWrite(w)
 		}
 	}()
+}
+
+// putsBack reports whether putBack knows how to undo the pop of a blocking
+// command, by its name.
+func putsBack(name string) bool {
+	switch name {
+	case "blpop", "brpop", "bzpopmin", "bzpopmax":
+		return true
+	}
+	return false
 }
