@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand"
 	"slices"
 	"strings"
 	"sync"
@@ -261,46 +260,12 @@ func TestLaneTimeoutReplyMatchesRedis(t *testing.T) {
 // the lane clean rather than closing it.
 func TestDepartedBlockedPopRace(t *testing.T) {
 	f := startFunnel(t, Options{}, pool.Options{MaxExclusive: 1})
-	rng := rand.New(rand.NewSource(2))
-	received, back := 0, 0
-	for i := 0; i < 100; i++ {
-		key, el := fmt.Sprint("dq:", i%3), fmt.Sprint("e", i)
-		w := dialRaw(t, f.Addr)
-		w.send("BLPOP", key, "5")
+	received, back := departureRace(t, f, 100, "dq:", 2, func() {
 		waitUntil(t, 5*time.Second, "the client to block upstream", func() bool {
 			inUse, _, _ := f.Pool.Lane().Stats()
 			return inUse == 1
 		})
-		time.Sleep(2 * time.Millisecond) // the BLPOP reaches Redis
-		pushDelay := time.Duration(rng.Intn(1500)) * time.Microsecond
-		go func() {
-			time.Sleep(pushDelay)
-			f.Redis.Do("RPUSH", key, el)
-		}()
-		time.Sleep(time.Duration(rng.Intn(1500)) * time.Microsecond)
-		w.conn.(interface{ CloseWrite() error }).CloseWrite()
-		reply, _ := w.tryReply(5 * time.Second)
-		got := strings.Contains(reply, el)
-		waitLaneIdle(t, f)
-		var inList bool
-		for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-			lst, _ := f.Redis.Do("LPOS", key, el)
-			if inList = strings.HasPrefix(lst, ":"); inList || got {
-				break
-			}
-		}
-		switch {
-		case got && inList:
-			t.Fatalf("element %d read by the client and still in the list", i)
-		case !got && !inList:
-			t.Fatalf("element %d lost: not read by the client, not in the list", i)
-		case got:
-			received++
-		default:
-			back++
-		}
-		f.Redis.Do("DEL", key)
-	}
+	}, func() { waitLaneIdle(t, f) })
 	_, idle, _ := f.Pool.Lane().Stats()
 	stats := f.Redis.CommandStats(t)
 	t.Logf("100 races: %d elements read by the client, %d left in or put back into the list; upstream ran %s; lane connections idle %d",

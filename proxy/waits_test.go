@@ -248,46 +248,11 @@ func TestSharedXReadFansOut(t *testing.T) {
 // and puts back an element that pop took.
 func TestSharedPopDepartureRace(t *testing.T) {
 	f := startFunnel(t, Options{ShareWaits: []string{"q:*"}}, pool.Options{})
-	rng := rand.New(rand.NewSource(1))
-	received, back := 0, 0
-	for i := 0; i < 150; i++ {
-		key := fmt.Sprint("q:race", i%3)
-		el := fmt.Sprint("e", i)
-		w := dialRaw(t, f.Addr)
-		w.send("BLPOP", key, "5")
+	received, back := departureRace(t, f, 150, "q:race", 1, func() {
 		waitUntil(t, 5*time.Second, "the waiter to block", func() bool { return f.Server.blockedClients.Load() == 1 })
-		time.Sleep(time.Duration(rng.Intn(3)) * time.Millisecond)
-		pushDelay := time.Duration(rng.Intn(2000)) * time.Microsecond
-		go func() {
-			time.Sleep(pushDelay)
-			f.Redis.Do("RPUSH", key, el)
-		}()
-		time.Sleep(time.Duration(rng.Intn(2000)) * time.Microsecond)
-		w.conn.(interface{ CloseWrite() error }).CloseWrite()
-		reply, _ := w.tryReply(5 * time.Second)
-		got := strings.Contains(reply, el)
-		// Whatever funnel still does with the element is done once the
-		// waiter is gone and the pop unblocked; give it a moment.
-		var inList bool
-		for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-			lst, _ := f.Redis.Do("LPOS", key, el)
-			if inList = strings.HasPrefix(lst, ":"); inList || got {
-				break
-			}
-		}
-		switch {
-		case got && inList:
-			t.Fatalf("element %d read by the waiter and still in the list: given twice", i)
-		case !got && !inList:
-			t.Fatalf("element %d lost: not read by the waiter, not in the list", i)
-		case got:
-			received++
-		default:
-			back++
-		}
-		f.Redis.Do("DEL", key)
+	}, func() {
 		waitUntil(t, 5*time.Second, "the waiter to be gone", func() bool { return f.Server.blockedClients.Load() == 0 })
-	}
+	})
 	stats := f.Redis.CommandStats(t)
 	t.Logf("150 races: %d elements read by the waiter, %d left in or put back into the list; upstream ran %s", received, back, statsOf(stats, "blpop", "client|unblock", "lpush"))
 	if stats["client|unblock"] == 0 {
@@ -382,4 +347,55 @@ func TestPutBackIsPending(t *testing.T) {
 		n, _ := f.Redis.Do("LLEN", "q:a")
 		return n == ":1\r\n"
 	})
+}
+
+// departureRace races, n times, a client's departure from a BLPOP on one of
+// three keys (prefix 0-2) against an element pushed to that key: the
+// client half-closes, so it still reads what funnel wrote before it saw the
+// departure. Each element must end up read by the client or in the list,
+// never both and never neither. blocked waits until the BLPOP waits
+// upstream; gone until funnel is done with the departure. It returns how
+// many elements the client read and how many stayed in or went back into
+// the list.
+func departureRace(t *testing.T, f *funnel, n int, prefix string, seed int64, blocked, gone func()) (received, back int) {
+	t.Helper()
+	rng := rand.New(rand.NewSource(seed))
+	for i := 0; i < n; i++ {
+		key, el := fmt.Sprint(prefix, i%3), fmt.Sprint("e", i)
+		w := dialRaw(t, f.Addr)
+		w.send("BLPOP", key, "5")
+		blocked()
+		time.Sleep(time.Duration(1+rng.Intn(2)) * time.Millisecond) // the BLPOP reaches Redis
+		pushDelay := time.Duration(rng.Intn(2000)) * time.Microsecond
+		go func() {
+			time.Sleep(pushDelay)
+			f.Redis.Do("RPUSH", key, el)
+		}()
+		time.Sleep(time.Duration(rng.Intn(2000)) * time.Microsecond)
+		w.conn.(interface{ CloseWrite() error }).CloseWrite()
+		reply, _ := w.tryReply(5 * time.Second)
+		got := strings.Contains(reply, el)
+		gone()
+		// Whatever funnel still does with the element is done once the
+		// client is gone and the pop ended; give it a moment.
+		var inList bool
+		for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			lst, _ := f.Redis.Do("LPOS", key, el)
+			if inList = strings.HasPrefix(lst, ":"); inList || got {
+				break
+			}
+		}
+		switch {
+		case got && inList:
+			t.Fatalf("element %d read by the client and still in the list: given twice", i)
+		case !got && !inList:
+			t.Fatalf("element %d lost: not read by the client, not in the list", i)
+		case got:
+			received++
+		default:
+			back++
+		}
+		f.Redis.Do("DEL", key)
+	}
+	return received, back
 }
