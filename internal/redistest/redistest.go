@@ -101,49 +101,51 @@ func (s *Server) Restart() {
 // Do sends one command on a fresh connection and returns the raw reply line
 // (the first line only for aggregates and bulks; use DoRaw for all of it).
 func (s *Server) Do(args ...string) (string, error) {
-	c, err := net.DialTimeout("tcp", s.Addr, time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	rd := bufio.NewReader(c)
-	if err := s.login(c, rd); err != nil {
-		return "", err
-	}
-	if _, err := c.Write(encode(args...)); err != nil {
-		return "", err
-	}
-	return rd.ReadString('\n')
+	var line string
+	err := s.roundTrip(args, func(rd *bufio.Reader) (err error) {
+		line, err = rd.ReadString('\n')
+		return err
+	})
+	return line, err
 }
 
 // DoRaw is Do returning the whole reply.
 func (s *Server) DoRaw(args ...string) (string, error) {
+	var buf []byte
+	err := s.roundTrip(args, func(rd *bufio.Reader) error {
+		var scan resp.ReplyScanner
+		for {
+			if n, err := scan.Scan(buf); err != nil || n > 0 {
+				buf = buf[:n]
+				return err
+			}
+			b, err := rd.ReadByte()
+			if err != nil {
+				return err
+			}
+			buf = append(buf, b)
+		}
+	})
+	return string(buf), err
+}
+
+// roundTrip sends one command on a fresh, logged-in connection and lets
+// read take its reply.
+func (s *Server) roundTrip(args []string, read func(*bufio.Reader) error) error {
 	c, err := net.DialTimeout("tcp", s.Addr, time.Second)
 	if err != nil {
-		return "", err
+		return err
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	rd := bufio.NewReader(c)
 	if err := s.login(c, rd); err != nil {
-		return "", err
+		return err
 	}
 	if _, err := c.Write(encode(args...)); err != nil {
-		return "", err
+		return err
 	}
-	var buf []byte
-	var scan resp.ReplyScanner
-	for {
-		if n, err := scan.Scan(buf); err != nil || n > 0 {
-			return string(buf[:n]), err
-		}
-		b, err := rd.ReadByte()
-		if err != nil {
-			return string(buf), err
-		}
-		buf = append(buf, b)
-	}
+	return read(rd)
 }
 
 func encode(args ...string) []byte {
