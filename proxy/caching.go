@@ -257,10 +257,19 @@ func (s *session) beginWrite(r *request, info *command.Info, args [][]byte) {
 		r.writes = append(r.writes, c.BeginWriteDB(s.db)) // an unknown command may write anything
 		return
 	}
+	// A script's SHA1 is worked out once here (EVAL hashes its body): it
+	// says whether the script only reads, and which keys it writes.
+	sha := ""
 	switch {
 	case isScript(info.Name):
-		if s.srv.readOnlyCall(s.srv.live(), info, args) {
+		if info.Has(command.ReadOnly) {
 			return
+		}
+		if info.Name != "fcall" {
+			sha = s.srv.scriptSHA(info.Name, args)
+			if s.srv.live().scripts[sha] || s.srv.scripts.readOnly(sha) {
+				return
+			}
 		}
 	case !info.Has(command.Write) && !info.Has(command.MayReplicate):
 		return
@@ -288,10 +297,6 @@ func (s *session) beginWrite(r *request, info *command.Info, args [][]byte) {
 	// expiry first (keyArgs[:expiring]). A script's keys it only reads are
 	// left out, and it may give an expiry only to the keys that reach a
 	// command other than a read or commandKeepsTTL's (see scriptBook).
-	sha := ""
-	if isScript(info.Name) && info.Name != "fcall" {
-		sha = s.srv.scriptSHA(info.Name, args)
-	}
 	written := func(i int) bool { return sha == "" || s.srv.scripts.mayWrite(sha, i+1) }
 	mayExpire := func(i int) bool {
 		if sha == "" {
