@@ -19,6 +19,7 @@ const (
 	closedShutdown                      // funnel is shutting down
 	closedPanic                         // a bug in funnel; only this client was closed
 	closedMemory                        // funnel stayed at --max-memory too long while it waited to read
+	closedEventLoop                     // the client's socket could not be watched (epoll_ctl failed)
 	numCloseReasons
 )
 
@@ -28,6 +29,7 @@ var closeReasonNames = [numCloseReasons]string{
 	closedPubSubOutputLimit: "pubsub_output_limit", closedPubSubUnconfirmed: "pubsub_unconfirmed",
 	closedWriteTimeout: "write_timeout", closedWriteError: "write_error", closedMaxClients: "max_clients",
 	closedShutdown: "shutdown", closedPanic: "panic", closedMemory: "memory_limit",
+	closedEventLoop: "event_loop",
 }
 
 func (c closeReason) String() string { return closeReasonNames[c] }
@@ -53,6 +55,8 @@ func (c closeReason) advice() string {
 		return "funnel stayed at --max-memory; raise it, or find the clients sending or reading huge values"
 	case closedProtocol:
 		return "the client sent bytes that are not RESP; check its Redis library"
+	case closedEventLoop:
+		return "the kernel refused to watch the client's socket; check the open files limit and the kernel log"
 	}
 	return ""
 }

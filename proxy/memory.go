@@ -34,6 +34,10 @@ const memoryWait = 10 * time.Second
 
 var errMemory = errors.New("funnel: memory limit reached (--max-memory) while waiting to read this client's commands; retry later")
 
+// errMemoryFull tells the loop to pause a client's reading until memory is
+// freed (session.awaitMemory).
+var errMemoryFull = errors.New("funnel: at the memory limit")
+
 func newMemoryBudget(limit int64, m *metrics.Metrics) *memoryBudget {
 	return &memoryBudget{limit: limit, used: &m.Buffered, metrics: m, freed: make(chan struct{})}
 }
@@ -111,7 +115,8 @@ type readerBudget struct{ s *session }
 
 func (rb readerBudget) Add(n int64) { rb.s.srv.mem.add(n) }
 
-// Wait holds back a reader while funnel is at its memory limit, unless its
+// Wait holds back a reader while funnel is at its memory limit (it returns
+// errMemoryFull, and the loop pauses the client), unless its
 // client holds almost nothing: replies held and expected under lightClient,
 // and no partial request beyond the reader's first buffer. Reading such a
 // client costs one small buffer, so the clients that hold the memory are
@@ -119,10 +124,11 @@ func (rb readerBudget) Add(n int64) { rb.s.srv.mem.add(n) }
 // still served.
 func (rb readerBudget) Wait() error {
 	s := rb.s
-	if s.pendingOut.Load()+s.upInFlight.Load()*s.avgReply.Load() < lightClient && s.reader.Size() <= resp.InitialBuffer {
+	if s.srv.mem.used.Load() <= s.srv.mem.limit ||
+		s.pendingOut.Load()+s.upInFlight.Load()*s.avgReply.Load() < lightClient && s.reader.Size() <= resp.InitialBuffer {
 		return nil
 	}
-	return s.srv.mem.wait(s.dead)
+	return errMemoryFull
 }
 
 // lightClient is how many reply bytes, held and expected, a client may have

@@ -2,11 +2,8 @@ package proxy
 
 import (
 	"bytes"
-	"errors"
-	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/funnel-proxy/funnel/pool"
@@ -14,32 +11,23 @@ import (
 )
 
 // output sends a session's replies in the order of its requests, whatever
-// order they are answered in. It has no goroutine of its own in the common
-// case: whoever completes a request (an upstream connection's reader, the
-// session's dispatcher for a local reply, the pub/sub hub) moves every reply
-// that is ready, in order, into the buffer and writes the buffer to the
-// client without waiting. Handing each reply to another goroutine would
-// cost a wake-up per request, which is most of a proxy's CPU time. Only
-// when the client's socket would block does a writer goroutine start: it
-// waits for the client, and ends once it has caught up.
+// order they are answered in. It has no goroutine of its own: whoever
+// completes a request (an upstream connection's reader, the session's
+// dispatcher for a local reply, the pub/sub hub) moves every reply that is
+// ready, in order, into the buffer and writes the buffer to the client
+// without waiting. Handing each reply to another goroutine would cost a
+// wake-up per request, which is most of a proxy's CPU time. When the
+// client's socket would block, the output stalls: the loop watches the
+// socket for room and writes the rest when it comes (writable), and a
+// client that takes none for the write timeout is closed.
 //
 // Locking rule. qmu guards the queue and is never held across anything but
-// a few pointer moves. mu guards the buffer and the socket. Any goroutine
-// may take mu to move ready replies into the buffer and write them without
-// waiting; only the writer goroutine may block while holding mu, in a write
-// bounded by the client write timeout. A goroutine that finds mu taken never
-// waits for it: it sets dirty, and whoever holds mu looks again before it
-// lets go. So no completer ever waits on a slow client.
+// a few pointer moves. mu guards the buffer and the socket's writes; nobody
+// waits for the client while holding it. A goroutine that finds mu taken
+// never waits for it: it sets dirty, and whoever holds mu looks again
+// before it lets go. So no completer ever waits on a slow client.
 type output struct {
-	s    *session
-	conn net.Conn
-	// raw writes to the socket without waiting; nil when the connection
-	// offers no raw access (then every write goes through the writer
-	// goroutine).
-	raw syscall.RawConn
-	// rawWrite is tryWrite as a func value, made once: handing raw.Write a
-	// fresh closure would allocate on every write.
-	rawWrite func(fd uintptr) bool
+	s *session
 
 	qmu        sync.Mutex
 	head, tail *request
@@ -54,22 +42,19 @@ type output struct {
 	buf []byte
 	// off is how much of the head's large reply is written already.
 	off int
-	// stalled is set while the writer goroutine owns writing: the socket
-	// would have blocked.
+	// stalled is set while the socket is full: only writable writes.
 	stalled bool
-	// writer is set while the writer goroutine runs (changed under mu,
-	// read anywhere).
-	writer atomic.Bool
+	// progressAt is when the stalled socket last took bytes (unix nanos),
+	// and stallTimer closes the client once it took none for the write
+	// timeout.
+	progressAt int64
+	stallTimer *time.Timer
 	// closeAfter, once set, closes the client after buf is written (QUIT,
 	// a protocol error).
 	closeAfter closeReason
 	// closeWhenEmpty closes the client once every queued reply is written
 	// (shutdown).
 	closeWhenEmpty bool
-	// pending, written and writeErr are tryWrite's arguments and results.
-	pending  []byte
-	written  int
-	writeErr error
 }
 
 const (
@@ -85,15 +70,7 @@ const (
 	maxKeptOutBuf = 16 << 10
 )
 
-func (o *output) init(s *session, conn net.Conn) {
-	o.s, o.conn = s, conn
-	if sc, ok := conn.(syscall.Conn); ok {
-		if raw, err := sc.SyscallConn(); err == nil {
-			o.raw = raw
-			o.rawWrite = o.tryWrite
-		}
-	}
-}
+func (o *output) init(s *session) { o.s = s }
 
 // push queues r for its reply, after every request queued before it. Once
 // the output is shut, r is dropped instead and push reports false.
@@ -168,17 +145,16 @@ func (o *output) kick(flush bool) {
 			return
 		}
 		o.dirty.Store(false)
-		o.drainLocked(o.wantFlush.Swap(false), false)
+		o.drainLocked(o.wantFlush.Swap(false))
 		o.mu.Unlock()
 	}
 }
 
 // drainLocked appends every ready reply, in request order, to the buffer,
-// and writes the buffer when flush is set or it is large. inWriter says the
-// writer goroutine calls: it may block on the client; any other caller
-// leaves that to the writer goroutine.
-func (o *output) drainLocked(flush, inWriter bool) {
-	if o.s.isDead() || (o.stalled && !inWriter) {
+// and writes the buffer when flush is set or it is large. A stalled output
+// drains only when the socket has room (writable).
+func (o *output) drainLocked(flush bool) {
+	if o.s.isDead() || o.stalled {
 		return
 	}
 	for o.closeAfter == notClosed {
@@ -192,10 +168,7 @@ func (o *output) drainLocked(flush, inWriter bool) {
 				undelivered = bytes.Clone(r.replyBytes())
 			}
 			if b := r.replyBytes(); len(b) >= largeReply {
-				if !o.flushLocked(inWriter) || o.stalled && !inWriter {
-					return
-				}
-				if !o.writeLarge(b, inWriter) {
+				if !o.flushLocked() || o.stalled || !o.writeLarge(b) {
 					return
 				}
 			} else {
@@ -212,32 +185,26 @@ func (o *output) drainLocked(flush, inWriter bool) {
 		if undelivered != nil {
 			// Write it now. Written (to the socket's buffer), it is the
 			// client's, as in Redis; if the client is gone first, the
-			// element goes back. A partial write leaves the rest to the
-			// writer goroutine, like any reply.
-			if !o.flushLocked(inWriter) && len(o.buf) > 0 {
+			// element goes back. A partial write leaves the rest for
+			// when the socket has room, like any reply.
+			if !o.flushLocked() && len(o.buf) > 0 {
 				drop(undelivered)
 				return
 			}
 		}
-		if len(o.buf) >= flushAt && (!o.flushLocked(inWriter) || o.stalled && !inWriter) {
+		if len(o.buf) >= flushAt && (!o.flushLocked() || o.stalled) {
 			return
 		}
 	}
 	if flush || o.closeAfter != notClosed || o.closeWhenEmpty {
-		o.flushLocked(inWriter)
+		o.flushLocked()
 	}
 }
 
-// writeLarge writes a large reply straight from its request, after what is
-// buffered, without copying it: all of it in the writer goroutine, else
-// what the socket takes now. It reports whether all of it is written.
-func (o *output) writeLarge(b []byte, inWriter bool) bool {
-	if inWriter {
-		if !o.writeBlocking(b[o.off:]) {
-			return false
-		}
-		return true
-	}
+// writeLarge writes what the socket takes now of a large reply, straight
+// from its request, without copying it. It reports whether all of it is
+// written.
+func (o *output) writeLarge(b []byte) bool {
 	n, err := o.writeNow(b[o.off:])
 	if err != nil {
 		o.writeFailed(err)
@@ -250,27 +217,19 @@ func (o *output) writeLarge(b []byte, inWriter bool) bool {
 	return true
 }
 
-// flushLocked writes the buffer: all of it, waiting, in the writer
-// goroutine; elsewhere what the socket takes now, leaving the rest to the
-// writer goroutine. It reports false when the session died.
-func (o *output) flushLocked(inWriter bool) bool {
+// flushLocked writes what the socket takes now of the buffer, leaving the
+// rest for when it has room. It reports false when the session died.
+func (o *output) flushLocked() bool {
 	if len(o.buf) > 0 {
-		if inWriter {
-			if !o.writeBlocking(o.buf) {
-				return false
-			}
-			o.buf = o.buf[:0]
-		} else {
-			n, err := o.writeNow(o.buf)
-			if err != nil {
-				o.writeFailed(err)
-				return false
-			}
-			o.buf = o.buf[:copy(o.buf, o.buf[n:])]
-			if len(o.buf) > 0 {
-				o.stall()
-				return true
-			}
+		n, err := o.writeNow(o.buf)
+		if err != nil {
+			o.writeFailed(err)
+			return false
+		}
+		o.buf = o.buf[:copy(o.buf, o.buf[n:])]
+		if len(o.buf) > 0 {
+			o.stall()
+			return true
 		}
 		if cap(o.buf) > maxKeptOutBuf {
 			o.buf = nil
@@ -287,99 +246,67 @@ func (o *output) flushLocked(inWriter bool) bool {
 	return true
 }
 
-// stall hands writing to the writer goroutine, starting it if need be.
+// stall leaves writing to the loop, which reports when the socket has room.
 func (o *output) stall() {
 	o.stalled = true
-	if o.writer.Load() {
-		return
+	o.s.sock.setWriting(true)
+	o.progressAt = time.Now().UnixNano()
+	timeout := o.s.srv.live().writeTimeout
+	if o.stallTimer == nil {
+		o.stallTimer = time.AfterFunc(timeout, o.checkStall)
+	} else {
+		o.stallTimer.Reset(timeout)
 	}
-	o.writer.Store(true)
-	o.s.srv.wg.Add(1)
-	go o.writeLoop()
 }
 
-// writeLoop is the writer goroutine: it writes, waiting for the client,
-// until it has caught up with every ready reply, then ends.
-func (o *output) writeLoop() {
-	defer o.s.srv.wg.Done()
-	defer o.s.srv.recoverPanic(o.s)
+// checkStall closes a client whose socket took nothing for the write
+// timeout (the one in force now: a reload applies to the next check).
+func (o *output) checkStall() {
 	o.mu.Lock()
-	for !o.s.isDead() {
-		o.dirty.Store(false)
-		o.wantFlush.Store(false)
-		o.drainLocked(true, true)
-		if len(o.buf) == 0 && o.off == 0 && !o.dirty.Load() {
-			break
-		}
+	idle := time.Duration(time.Now().UnixNano() - o.progressAt)
+	timeout := o.s.srv.live().writeTimeout
+	stalled := o.stalled
+	if stalled && idle < timeout {
+		o.stallTimer.Reset(timeout - idle)
+	}
+	o.mu.Unlock()
+	if stalled && idle >= timeout {
+		o.s.kill(closedWriteTimeout)
+	}
+}
+
+// writable is the loop's report that a stalled socket has room (or an
+// error): it writes what waits, and goes on until it stalls again or has
+// caught up.
+func (o *output) writable() {
+	o.mu.Lock()
+	if !o.stalled {
+		o.mu.Unlock()
+		return
 	}
 	o.stalled = false
-	o.writer.Store(false)
+	o.progressAt = time.Now().UnixNano()
+	o.dirty.Store(false)
+	o.wantFlush.Store(false)
+	o.drainLocked(true)
+	if !o.stalled {
+		o.s.sock.setWriting(false)
+		o.stallTimer.Stop()
+	}
 	o.mu.Unlock()
 	o.kick(true) // what came while the lock was held
 }
 
-// writeBlocking writes b, waiting for the client up to ClientWriteTimeout
-// (the one in force now: a reload applies to the next write).
-// The deadline is cleared afterwards: the non-blocking writes that follow
-// would otherwise fail once it passed.
-func (o *output) writeBlocking(b []byte) bool {
-	_ = o.conn.SetWriteDeadline(time.Now().Add(o.s.srv.live().writeTimeout))
-	n, err := o.conn.Write(b)
-	o.s.srv.metrics.ClientWritten.Add(int64(n))
-	_ = o.conn.SetWriteDeadline(time.Time{})
-	if err != nil {
-		o.writeFailed(err)
-		return false
-	}
-	return true
-}
-
 // writeNow writes as much of b as the socket takes without waiting.
 func (o *output) writeNow(b []byte) (int, error) {
-	if o.raw == nil {
-		return 0, nil
-	}
-	o.pending, o.written, o.writeErr = b, 0, nil
-	err := o.raw.Write(o.rawWrite)
-	n := o.written
+	n, err := o.s.sock.write(b)
 	if n > 0 {
 		o.s.srv.metrics.ClientWritten.Add(int64(n))
 	}
-	if err == nil {
-		err = o.writeErr
-	}
-	o.pending, o.writeErr = nil, nil
 	return n, err
 }
 
-// tryWrite writes o.pending to fd until the socket is full; it always
-// reports done, so the runtime never waits for the socket here.
-func (o *output) tryWrite(fd uintptr) bool {
-	b := o.pending
-	for o.written < len(b) {
-		m, e := syscall.Write(int(fd), b[o.written:])
-		if m > 0 {
-			o.written += m
-		}
-		if e == syscall.EINTR || e == nil && m > 0 {
-			continue
-		}
-		if e != nil && e != syscall.EAGAIN {
-			o.writeErr = e
-		}
-		break // full (EAGAIN), failed, or wrote nothing
-	}
-	return true
-}
-
-func (o *output) writeFailed(err error) {
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		o.s.kill(closedWriteTimeout)
-		return
-	}
-	o.s.kill(closedWriteError)
-}
+func (o *output) writeFailed(error) { o.s.kill(closedWriteError) }
 
 // pushDirect puts a message for a RESP3 client straight into its output,
 // ahead of replies still awaited: RESP3 pushes may come between any two
@@ -414,11 +341,13 @@ func (o *output) drainThenClose() {
 
 // shutQueue ends the queue once the session is dead: requests already done
 // are recycled now, the others by whoever completes them (see finish). It
-// takes mu, so no drain is under way; a writer goroutine blocked in a write
-// lets go at once, since the socket is closed.
+// takes mu, so no drain is under way.
 func (o *output) shutQueue() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if o.stallTimer != nil {
+		o.stallTimer.Stop()
+	}
 	o.qmu.Lock()
 	o.shut = true
 	r := o.head

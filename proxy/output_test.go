@@ -36,13 +36,16 @@ func outputPair(t *testing.T, opts Options) (*session, net.Conn) {
 	p := pool.New(up, pool.Options{Metrics: m})
 	opts.Metrics = m
 	srv := New(p, opts)
-	s := newSession(srv, server, 1)
+	srv.mu.Lock()
+	s, err := srv.startSessionLocked(server)
+	srv.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		s.kill(closedByClient)
-		s.out.shutQueue()
-		s.reader.Close()
 		client.Close()
-		srv.wg.Wait()
+		_ = srv.Shutdown(t.Context())
 		p.Close(t.Context())
 	})
 	return s, client
@@ -90,7 +93,7 @@ func TestOutputOrder(t *testing.T) {
 }
 
 // TestOutputStallsWithoutBlocking fills the client's socket while it does
-// not read: completers never wait, the writer goroutine takes over, and
+// not read: completers never wait, the loop watches the socket for room, and
 // every reply arrives in order once the client reads, large ones included.
 func TestOutputStallsWithoutBlocking(t *testing.T) {
 	s, c := outputPair(t, Options{})
@@ -111,8 +114,11 @@ func TestOutputStallsWithoutBlocking(t *testing.T) {
 	if d := time.Since(start); d > 10*time.Second {
 		t.Fatalf("completing 64 replies for a client that does not read took %v: a completer waited", d)
 	}
-	if !s.out.writer.Load() {
-		t.Fatal("no writer goroutine took over the stalled socket")
+	s.sock.mu.Lock()
+	watched := s.sock.writing
+	s.sock.mu.Unlock()
+	if !watched {
+		t.Fatal("the loop does not watch the stalled socket for room")
 	}
 	if got := readN(t, c, want.Len()); got != want.String() {
 		t.Fatal("replies arrived out of order or damaged")

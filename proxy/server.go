@@ -25,6 +25,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"runtime"
 	"runtime/debug"
 	"sort"
 	"sync"
@@ -164,6 +165,10 @@ type Server struct {
 	waits          *waitHub
 	closingCh      chan struct{} // closed when Shutdown begins
 	crossLogged    atomic.Int64  // when a cross-protocol attack was last logged (unix seconds)
+	// loops read the clients, one per core funnel runs Go code on
+	// (GOMAXPROCS, --procs), started with the first client; guarded by mu.
+	loops    []*loop
+	nextLoop int
 }
 
 // New returns a server that sends upstream work to p.
@@ -256,20 +261,61 @@ func (srv *Server) accept(conn net.Conn) {
 	if tc, ok := conn.(*net.TCPConn); ok {
 		_ = tc.SetKeepAlive(true)
 	}
-	s := newSession(srv, conn, srv.nextID.Add(1))
-	srv.sessions[s.id] = s
-	srv.wg.Add(1)
+	_, err := srv.startSessionLocked(conn)
 	srv.mu.Unlock()
+	if err != nil {
+		srv.log.Error("client not served", "err", err)
+		srv.metrics.ClientsClosed.WithLabelValues(closedEventLoop.String()).Inc()
+		conn.Close()
+		return
+	}
 	srv.metrics.ClientsAccepted.Inc()
 	srv.metrics.ClientConnections.Inc()
-	go func() {
-		defer srv.wg.Done()
-		s.serve()
-		srv.mu.Lock()
-		delete(srv.sessions, s.id)
-		srv.mu.Unlock()
-		srv.metrics.ClientConnections.Dec()
-	}()
+}
+
+// startSessionLocked makes the session of conn and hands it to a loop.
+// srv.mu is held.
+func (srv *Server) startSessionLocked(conn net.Conn) (*session, error) {
+	l, err := srv.loopLocked()
+	if err != nil {
+		return nil, err
+	}
+	s, err := newSession(srv, conn, srv.nextID.Add(1), l)
+	if err != nil {
+		return nil, err
+	}
+	srv.sessions[s.id] = s
+	srv.wg.Add(1) // done by s.finish
+	l.post(loopTask{kind: addClient, s: s})
+	return s, nil
+}
+
+// loopLocked returns the loop for the next client, round robin, starting
+// the loops with the first client. srv.mu is held.
+func (srv *Server) loopLocked() (*loop, error) {
+	if srv.loops == nil {
+		for range max(1, runtime.GOMAXPROCS(0)) {
+			l, err := newLoop(srv)
+			if err != nil {
+				srv.stopLoopsLocked()
+				return nil, err
+			}
+			srv.loops = append(srv.loops, l)
+			go l.run()
+		}
+	}
+	l := srv.loops[srv.nextLoop%len(srv.loops)]
+	srv.nextLoop++
+	return l, nil
+}
+
+// stopLoopsLocked ends the loops once no client is left. srv.mu is held.
+func (srv *Server) stopLoopsLocked() {
+	for _, l := range srv.loops {
+		l.post(loopTask{kind: stopLoop})
+		<-l.done
+	}
+	srv.loops = nil
 }
 
 // recoverPanic, deferred in every goroutine that runs session code, turns
@@ -415,6 +461,9 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 		<-done
 		err = ctx.Err()
 	}
+	srv.mu.Lock()
+	srv.stopLoopsLocked()
+	srv.mu.Unlock()
 	// The pools for other dbs are the server's own; the main one is the
 	// caller's to close.
 	srv.mu.Lock()
@@ -431,8 +480,8 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 // to what it has read is written.
 func (s *session) drain() {
 	s.draining.Store(true)
-	// Wake a reader blocked in Read or waiting for room; it sees draining.
-	_ = s.conn.SetReadDeadline(time.Now())
+	s.sock.loop.post(loopTask{kind: drainClient, s: s})
+	// Wake a reading paused for room; it sees draining when it resumes.
 	select {
 	case s.room <- struct{}{}:
 	default:

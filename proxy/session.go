@@ -11,29 +11,33 @@ import (
 
 	"github.com/funnel-proxy/funnel/pool"
 	"github.com/funnel-proxy/funnel/resp"
+	"golang.org/x/sys/unix"
 )
 
-// session is one client connection. Its reader goroutine reads and parses
-// commands and never waits on the upstream: each command is queued on the
-// output at once, in arrival order, and dispatched (routed and sent) right
-// there unless an earlier command is waiting for something (a lane
+// session is one client connection. Its loop (loop.go) reads and parses
+// its commands and never waits on the upstream: each command is queued on
+// the output at once, in arrival order, and dispatched (routed and sent)
+// right there unless an earlier command is waiting for something (a lane
 // connection, the client's in-flight commands, a fetch); then it is parked
 // and a resumer goroutine dispatches the parked ones in order (dispatch.go).
 // So a departure is noticed at once, and a command that never left funnel
-// is cancelled rather than run for nobody.
+// is cancelled rather than run for nobody. An idle session has no
+// goroutine and no buffer.
 type session struct {
 	srv    *Server
-	conn   net.Conn
+	sock   clientSocket
 	id     int64
 	out    output
 	reader *resp.RequestReader
+	// rs is where reading the client stands; owned by the loop.
+	rs readState
 
 	// dead is closed when the session must end at once.
 	dead     chan struct{}
 	killOnce sync.Once
 	reason   atomic.Uint32 // closeReason
 	draining atomic.Bool   // set by Shutdown: stop reading new commands
-	// batching is set while the reader handles commands one read brought,
+	// batching is set while the loop handles commands one read brought,
 	// and more of them are buffered: replies funnel makes itself wait in
 	// the output's buffer until the last, so a pipeline gets them in one
 	// write, and a cross-protocol line drops the replies of the commands
@@ -51,7 +55,7 @@ type session struct {
 	// resumers tracks the resumer, which the session's end waits for: it
 	// owns the client state until it hands dispatching back.
 	resumers sync.WaitGroup
-	// room wakes a reader that stopped because the client has
+	// room wakes a paused reading that stopped because the client has
 	// Options.MaxPipeline commands without replies.
 	room chan struct{}
 
@@ -112,9 +116,11 @@ type session struct {
 	info clientInfo
 }
 
-func newSession(srv *Server, conn net.Conn, id int64) *session {
+// newSession makes the session of conn, whose socket it takes over (see
+// takeSocket); the caller hands it to a loop.
+func newSession(srv *Server, conn net.Conn, id int64, l *loop) (*session, error) {
 	s := &session{
-		srv: srv, conn: conn, id: id,
+		srv: srv, id: id,
 		dead:     make(chan struct{}),
 		room:     make(chan struct{}, 1),
 		progress: make(chan struct{}, 1),
@@ -123,11 +129,16 @@ func newSession(srv *Server, conn net.Conn, id int64) *session {
 	s.pool, s.db = srv.pool, srv.pool.Upstream().DB
 	s.info.db = s.db
 	s.info.init(conn, id)
-	s.reader = resp.NewRequestReader(countedReader{conn, &srv.metrics.ClientRead}, s.limits())
+	fd, err := takeSocket(conn)
+	if err != nil {
+		return nil, err
+	}
+	s.sock = clientSocket{fd: fd, loop: l, readBytes: &srv.metrics.ClientRead}
+	s.reader = resp.NewRequestReader(&s.sock, s.limits())
 	s.reader.SetBudget(readerBudget{s})
 	s.reader.SetBeforeRead(s.endBatch)
-	s.out.init(s, conn)
-	return s
+	s.out.init(s)
+	return s, nil
 }
 
 // limits returns the request limits for the client's state: before a
@@ -144,35 +155,29 @@ func (s *session) setAuthed(ok bool) {
 	s.reader.SetLimits(s.limits())
 }
 
-// kill ends the session at once for reason: it closes the socket, which
-// ends the reader, cancels parked commands and their waits, and drops the
-// replies still to come. Only the first reason counts.
+// kill ends the session at once for reason: it shuts the socket down and
+// has the loop close it, which cancels parked commands and their waits,
+// and drops the replies still to come. Only the first reason counts.
 func (s *session) kill(reason closeReason) {
 	s.killOnce.Do(func() {
 		s.reason.Store(uint32(reason))
 		close(s.dead)
-		_ = s.conn.Close()
+		s.sock.shutdown()
+		s.sock.loop.post(loopTask{kind: closeClient, s: s})
 	})
 }
 
 func (s *session) isDead() bool { return isClosed(s.dead) }
 
-// serve runs the reader until the client goes away or the session ends,
-// then cleans up.
-func (s *session) serve() {
-	departed := s.readLoop()
-	if departed {
-		// As Redis does when a client hangs up: drop it at once, replies
-		// still due included, and unblock its blocking command.
-		s.kill(closedByClient)
-	}
-	<-s.dead // the output closes the client after its last reply, or Shutdown's deadline does
+// finish cleans up once the loop has closed the socket: nothing reads the
+// client any more, so no command can start a wait after the ones it ends.
+func (s *session) finish() {
+	defer s.srv.wg.Done()
 	s.resumers.Wait()
 	s.cancelParked()
 	s.endExclusive()
 	s.leavePubSub()
 	s.out.shutQueue()
-	s.reader.Close()
 	reason := closeReason(s.reason.Load())
 	s.srv.metrics.ClientsClosed.WithLabelValues(reason.String()).Inc()
 	if advice := reason.advice(); advice != "" {
@@ -180,24 +185,66 @@ func (s *session) serve() {
 	} else {
 		s.srv.log.Debug("client closed", "id", s.id, "addr", s.info.addr, "reason", reason.String())
 	}
+	s.srv.mu.Lock()
+	delete(s.srv.sessions, s.id)
+	s.srv.mu.Unlock()
+	s.srv.metrics.ClientConnections.Dec()
 }
 
-// readLoop reads and inputs commands until the client hangs up (it reports
-// true), sends QUIT, errs, or the session is killed or drained.
-func (s *session) readLoop() (departed bool) {
+// readState is where reading a client stands.
+type readState uint8
+
+const (
+	readingCommands readState = iota // reading and dispatching its commands
+	readPaused                       // waiting for room or memory; a resumeClient task goes on
+	readSinking                      // after QUIT or a protocol error: reading only to notice a hang-up
+	readStopped                      // shutdown: reading nothing more, waiting for the last reply
+)
+
+// ready handles what the loop saw on the socket: room to write, commands
+// to read, or a hang-up.
+func (s *session) ready(events uint32) {
 	defer s.srv.recoverPanic(s)
-	for {
+	hangup := events&(unix.EPOLLERR|unix.EPOLLHUP) != 0
+	if events&unix.EPOLLOUT != 0 || hangup {
+		s.out.writable()
+	}
+	if events&unix.EPOLLIN == 0 && !hangup {
+		return
+	}
+	switch s.rs {
+	case readingCommands:
+		s.readCommands()
+	case readSinking:
+		s.sink()
+	default:
+		// Not reading: only a hang-up or an error is reported, and it
+		// would be again and again. The client is gone.
+		s.kill(closedByClient)
+	}
+}
+
+// readCommands reads the socket once and inputs every command complete in
+// the buffer, until it needs more bytes, the session must wait (room,
+// memory), or reading ends (QUIT, a protocol error, the client leaving,
+// shutdown).
+func (s *session) readCommands() {
+	s.sock.reads = 1
+	for !s.isDead() {
 		if s.draining.Load() {
-			s.out.drainThenClose()
-			return false
+			s.stopReading()
+			return
 		}
-		if int(s.out.queued.Load()) >= s.srv.opts.MaxPipeline && !s.awaitRoom() {
-			return false
+		if int(s.out.queued.Load()) >= s.srv.opts.MaxPipeline {
+			s.endBatch()
+			s.pause(s.awaitRoom)
+			return
 		}
 		cmd, err := s.reader.Read()
 		if err != nil {
 			s.endBatch()
-			return s.readFailed(err)
+			s.readFailed(err)
+			return
 		}
 		s.batching.Store(true)
 		last := s.input(cmd)
@@ -205,53 +252,108 @@ func (s *session) readLoop() (departed bool) {
 			s.endBatch()
 		}
 		if last {
-			return s.awaitClose()
+			s.startSinking()
+			return
 		}
 	}
 }
 
-// endBatch ends the reader's batch (see batching): it writes the replies
-// that waited for it. The reader calls it before anything that may block.
+// endBatch ends the batch of commands one read brought (see batching): it
+// writes the replies that waited for it. The reader calls it before each
+// read.
 func (s *session) endBatch() {
 	if s.batching.Swap(false) {
 		s.out.kick(true)
 	}
 }
 
+// pause stops reading the client while wait runs on a goroutine of its
+// own; then the loop goes on (resume).
+func (s *session) pause(wait func() error) {
+	s.rs = readPaused
+	s.sock.setReading(false)
+	s.srv.wg.Add(1)
+	go func() {
+		defer s.srv.wg.Done()
+		err := wait()
+		s.sock.loop.post(loopTask{kind: resumeClient, s: s, err: err})
+	}()
+}
+
+// resume goes on reading after a pause; err is why the wait failed.
+func (s *session) resume(err error) {
+	if s.rs != readPaused || s.isDead() {
+		return
+	}
+	s.rs = readingCommands
+	if err != nil {
+		s.readFailed(err)
+		return
+	}
+	s.sock.setReading(true)
+	s.readCommands()
+}
+
 // awaitRoom waits, as backpressure, until the client's queue of commands
-// without replies has room again. It reports false if the session died.
-func (s *session) awaitRoom() bool {
-	s.endBatch()
+// without replies has room again, or the session dies.
+func (s *session) awaitRoom() error {
 	for int(s.out.queued.Load()) >= s.srv.opts.MaxPipeline {
 		select {
 		case <-s.room:
 		case <-s.dead:
-			return false
+			return nil
 		}
 	}
-	return true
+	return nil
 }
 
-// readFailed handles the end of the reader: a protocol error gets Redis's
-// reply and closes; shutdown drains; anything else is the client leaving.
-func (s *session) readFailed(err error) (departed bool) {
+// awaitMemory waits, as backpressure, until funnel is under its memory
+// limit again; errMemory after memoryWait.
+func (s *session) awaitMemory() error { return s.srv.mem.wait(s.dead) }
+
+// readFailed handles a read that returned no command: the socket has no
+// more for now, the session must wait for memory, a protocol error gets
+// Redis's reply and closes, anything else is the client leaving.
+func (s *session) readFailed(err error) {
 	var pe *resp.ProtocolError
 	switch {
+	case errors.Is(err, errWouldBlock):
+		s.reader.ReleaseIdle()
+	case errors.Is(err, errMemoryFull):
+		s.pause(s.awaitMemory)
 	case errors.As(err, &pe):
 		s.srv.countError(errClientProtocol)
 		s.queueFinal(resp.AppendError(nil, "ERR "+pe.Error()), closedProtocol)
-		return s.awaitClose()
+		s.startSinking()
 	case errors.Is(err, errMemory):
 		s.queueFinal(resp.AppendError(nil, "ERR "+err.Error()), closedMemory)
-		return s.awaitClose()
-	case s.draining.Load():
-		s.out.drainThenClose()
-		return false
-	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+		s.startSinking()
 	default:
-		s.srv.log.Debug("client read", "id", s.id, "err", err)
+		if !errors.Is(err, io.EOF) {
+			s.srv.log.Debug("client read", "id", s.id, "err", err)
+		}
+		// As Redis does when a client hangs up: drop it at once, replies
+		// still due included, and unblock its blocking command.
+		s.kill(closedByClient)
 	}
-	return !s.isDead()
+}
+
+// drainReading is Shutdown's request: read no new command, and close once
+// every reply to what was read is written. A paused session does so when
+// it resumes.
+func (s *session) drainReading() {
+	switch s.rs {
+	case readingCommands:
+		s.stopReading()
+	case readSinking:
+		s.out.drainThenClose()
+	}
+}
+
+func (s *session) stopReading() {
+	s.rs = readStopped
+	s.sock.setReading(false)
+	s.out.drainThenClose()
 }
 
 // queueFinal queues a reply funnel made after everything before it, and
@@ -264,20 +366,22 @@ func (s *session) queueFinal(reply []byte, reason closeReason) {
 	}
 }
 
-// awaitClose runs after QUIT or a protocol error: like Redis, funnel reads
+// startSinking follows QUIT or a protocol error: like Redis, funnel reads
 // no further command, but it still watches the socket, so a client that
 // hangs up while its QUIT waits behind a blocked command is noticed. The
-// output closes the connection after the last reply, which ends this.
-func (s *session) awaitClose() (departed bool) {
-	var sink [512]byte
-	for {
-		if _, err := s.conn.Read(sink[:]); err != nil {
-			if s.draining.Load() && !s.isDead() {
-				s.out.drainThenClose()
-				<-s.dead
-			}
-			return !s.isDead()
-		}
+// output closes the connection after the last reply.
+func (s *session) startSinking() {
+	s.rs = readSinking
+	s.reader.Close() // what was sent after the last command is never read
+	s.sock.setReading(true)
+}
+
+// sink reads and drops what a client sends after its last command; at its
+// hang-up, the client is gone.
+func (s *session) sink() {
+	var sink [4096]byte
+	if _, err := s.sock.read(sink[:]); err != nil && !errors.Is(err, errWouldBlock) {
+		s.kill(closedByClient)
 	}
 }
 

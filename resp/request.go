@@ -2,6 +2,7 @@ package resp
 
 import (
 	"io"
+	"sync"
 )
 
 // ProtocolError is a malformed client request. Its text is what Redis says
@@ -110,8 +111,28 @@ type RequestReader struct {
 }
 
 // NewRequestReader returns a reader of commands from rd under the given limits.
+// It holds no buffer until the first read (see ReleaseIdle).
 func NewRequestReader(rd io.Reader, limits Limits) *RequestReader {
-	return &RequestReader{rd: rd, limits: limits, buf: make([]byte, initialBuf), argc: -1, bulk: -1}
+	return &RequestReader{rd: rd, limits: limits, argc: -1, bulk: -1}
+}
+
+// idleBufs recycles the buffers of readers that went idle, so a server with
+// thousands of quiet clients holds a buffer only for the ones that are
+// sending.
+var idleBufs = sync.Pool{New: func() any { return new([initialBuf]byte) }}
+
+// ReleaseIdle gives the reader's buffer back when nothing is buffered in
+// it, so an idle client holds none; the next read takes one again. The
+// arguments of the last command returned are invalid afterwards.
+func (r *RequestReader) ReleaseIdle() {
+	if r.start != r.end || len(r.buf) != initialBuf {
+		return
+	}
+	idleBufs.Put((*[initialBuf]byte)(r.buf))
+	if r.budget != nil {
+		r.budget.Add(-initialBuf)
+	}
+	r.buf, r.start, r.end = nil, 0, 0
 }
 
 // SetLimits changes the limits for the next command, for example once a client
@@ -122,7 +143,9 @@ func (r *RequestReader) SetLimits(l Limits) { r.limits = l }
 // reading.
 func (r *RequestReader) SetBudget(b Budget) {
 	r.budget = b
-	b.Add(int64(len(r.buf)))
+	if len(r.buf) > 0 {
+		b.Add(int64(len(r.buf)))
+	}
 }
 
 // SetBeforeRead makes the reader call f each time it is about to read from
@@ -173,6 +196,12 @@ func (r *RequestReader) fill() error {
 	if r.budget != nil {
 		if err := r.budget.Wait(); err != nil {
 			return err
+		}
+	}
+	if r.buf == nil {
+		r.buf = idleBufs.Get().(*[initialBuf]byte)[:]
+		if r.budget != nil {
+			r.budget.Add(initialBuf)
 		}
 	}
 	if r.start == r.end && len(r.buf) > 4*initialBuf {

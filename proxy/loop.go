@@ -1,0 +1,242 @@
+package proxy
+
+import (
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// A loop reads the sockets of its clients: one goroutine, one epoll set, no
+// goroutine and no buffer per idle client. Each pass takes every ready
+// socket, reads it once (one read per client per pass, as Redis does, so a
+// client that streams cannot starve the others), and hands the commands to
+// the session's dispatcher (session.readable), which never waits. A client
+// whose socket would not take its replies gets EPOLLOUT in the same set
+// (output.writable).
+//
+// The loop does not block in epoll_wait itself. Its epoll set is a file
+// descriptor the Go runtime's own poller watches, and the loop parks like
+// any goroutine reading a socket until the set has something ready; then it
+// takes everything ready with a non-blocking epoll_wait. So no OS thread
+// sits in a system call holding a P, the runtime needs no hand-off to run
+// the upstream side meanwhile, and a stop-the-world finds the loop at an
+// ordinary safe point.
+//
+// Only the loop closes a client's socket (on a closeClient task), so a
+// descriptor number is never reused while the loop may still read it.
+// Other goroutines reach the loop through tasks, woken by an eventfd.
+type loop struct {
+	srv    *Server
+	epfd   int
+	wakefd int
+	// file is epfd as the runtime's poller sees it; raw parks the loop on it.
+	file *os.File
+	raw  syscall.RawConn
+	// passFn is pass as a func value, made once.
+	passFn func(uintptr) bool
+	events [128]unix.EpollEvent
+	// clients holds each open client's session by its socket's descriptor.
+	clients []*session
+	stopped bool
+	done    chan struct{}
+
+	mu    sync.Mutex
+	tasks []loopTask
+	spare []loopTask
+	// woken is set while a wake-up is on its way, so a burst of tasks
+	// costs one eventfd write.
+	woken atomic.Bool
+}
+
+// taskKind says what a loopTask asks of the loop.
+type taskKind uint8
+
+const (
+	addClient    taskKind = iota // start reading a new client
+	resumeClient                 // read again after a pause (err: why the pause ended badly)
+	drainClient                  // shutdown: read no more, close after the last reply
+	closeClient                  // the session is dead: forget its socket and close it
+	stopLoop                     // every client is gone: end the loop
+)
+
+type loopTask struct {
+	kind taskKind
+	s    *session
+	err  error
+}
+
+func newLoop(srv *Server) (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, os.NewSyscallError("eventfd", err)
+	}
+	l := &loop{srv: srv, epfd: epfd, wakefd: wakefd, done: make(chan struct{})}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wakefd)}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
+		l.closeFDs()
+		return nil, os.NewSyscallError("epoll_ctl", err)
+	}
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		l.closeFDs()
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	// A non-blocking descriptor given to os.NewFile joins the runtime's poller.
+	l.file = os.NewFile(uintptr(epfd), "funnel-epoll")
+	if l.raw, err = l.file.SyscallConn(); err != nil {
+		l.closeFDs()
+		return nil, err
+	}
+	l.passFn = l.pass
+	return l, nil
+}
+
+func (l *loop) closeFDs() {
+	unix.Close(l.wakefd)
+	if l.file != nil {
+		l.file.Close()
+	} else {
+		unix.Close(l.epfd)
+	}
+}
+
+// run is the loop's goroutine.
+func (l *loop) run() {
+	defer close(l.done)
+	defer l.closeFDs()
+	for !l.stopped {
+		if err := l.raw.Read(l.passFn); err != nil {
+			l.srv.log.Error("client event loop failed; its clients are closed", "err", err)
+			l.failAll()
+			return
+		}
+	}
+}
+
+// pass handles everything ready now. It reports false, parking the loop
+// until the set is ready again, when nothing was.
+func (l *loop) pass(uintptr) bool {
+	n, err := unix.EpollWait(l.epfd, l.events[:], 0)
+	if err == unix.EINTR {
+		return true
+	}
+	if n <= 0 {
+		return l.stopped
+	}
+	for i := range n {
+		ev := l.events[i]
+		fd := int(ev.Fd)
+		if fd == l.wakefd {
+			l.runTasks()
+			continue
+		}
+		if fd >= len(l.clients) || l.clients[fd] == nil {
+			continue // closed earlier in this pass
+		}
+		l.clients[fd].ready(ev.Events)
+	}
+	return true
+}
+
+// post hands t to the loop.
+func (l *loop) post(t loopTask) {
+	l.mu.Lock()
+	l.tasks = append(l.tasks, t)
+	l.mu.Unlock()
+	if !l.woken.Swap(true) {
+		var one = [8]byte{1}
+		_, _ = unix.Write(l.wakefd, one[:])
+	}
+}
+
+func (l *loop) runTasks() {
+	var sink [8]byte
+	_, _ = unix.Read(l.wakefd, sink[:])
+	l.woken.Store(false) // after the read: a task posted from here on writes again
+	l.mu.Lock()
+	tasks := l.tasks
+	l.tasks, l.spare = l.spare[:0], nil
+	l.mu.Unlock()
+	for i, t := range tasks {
+		switch t.kind {
+		case addClient:
+			l.add(t.s)
+		case resumeClient:
+			t.s.resume(t.err)
+		case drainClient:
+			t.s.drainReading()
+		case closeClient:
+			l.remove(t.s)
+		case stopLoop:
+			l.stopped = true
+		}
+		tasks[i] = loopTask{}
+	}
+	l.mu.Lock()
+	if l.spare == nil {
+		l.spare = tasks[:0]
+	}
+	l.mu.Unlock()
+}
+
+func (l *loop) add(s *session) {
+	fd := s.sock.fd
+	if s.isDead() {
+		l.close(s)
+		return
+	}
+	for fd >= len(l.clients) {
+		l.clients = append(l.clients, make([]*session, len(l.clients)+64)...)
+	}
+	l.clients[fd] = s
+	if err := s.sock.register(); err != nil {
+		l.srv.log.Warn("client not served: epoll_ctl failed", "id", s.id, "err", err)
+		s.kill(closedEventLoop)
+		return
+	}
+	// Anything the client sent before it was registered is reported now:
+	// the set is level-triggered.
+}
+
+// remove forgets a dead session's socket, closes it, and starts the
+// session's cleanup, which may wait and so does not run here.
+func (l *loop) remove(s *session) {
+	if fd := s.sock.fd; fd < len(l.clients) && l.clients[fd] == s {
+		l.clients[fd] = nil
+	}
+	l.close(s)
+}
+
+func (l *loop) close(s *session) {
+	if s.sock.close(&s.out) {
+		s.reader.Close()
+		go s.finish() // counted in srv.wg since accept
+	}
+}
+
+// failAll closes every client of a loop that cannot go on.
+func (l *loop) failAll() {
+	for _, s := range l.clients {
+		if s != nil {
+			s.kill(closedEventLoop)
+			l.remove(s)
+		}
+	}
+	l.mu.Lock()
+	tasks := l.tasks
+	l.tasks = nil
+	l.mu.Unlock()
+	for _, t := range tasks {
+		if t.kind == addClient || t.kind == closeClient {
+			t.s.kill(closedEventLoop)
+			l.close(t.s)
+		}
+	}
+}

@@ -1,0 +1,196 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// clientSocket is a client's connection as funnel holds it: the socket's
+// own descriptor, taken out of the Go runtime's poller, read by the
+// client's loop and written by whoever completes a reply (output.go),
+// never waiting.
+type clientSocket struct {
+	fd   int
+	loop *loop
+	// readBytes counts what clients send (funnel_client_read_bytes_total).
+	readBytes *atomic.Int64
+	// reads is how many more reads of the socket the loop allows in this
+	// pass; Read says errWouldBlock after them. Owned by the loop.
+	reads int
+
+	// mu guards what the loop watches the socket for, and its close, so a
+	// watch change never reaches a descriptor number reused by another
+	// client.
+	mu               sync.Mutex
+	reading, writing bool
+	closed           bool
+}
+
+// errWouldBlock ends a read the socket has nothing more for now.
+var errWouldBlock = errors.New("funnel: would block")
+
+// takeSocket returns a descriptor of conn's socket that funnel owns, and
+// closes conn: the runtime's poller then no longer watches the socket, so
+// data arriving wakes only the loop.
+func takeSocket(conn net.Conn) (int, error) {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return -1, errors.New("funnel: the listener's connections have no socket to watch")
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	var dupErr error
+	if err := raw.Control(func(f uintptr) {
+		fd, dupErr = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, err
+	}
+	if dupErr != nil {
+		return -1, os.NewSyscallError("fcntl", dupErr)
+	}
+	// The duplicate shares the socket and its O_NONBLOCK; closing conn
+	// only takes the original out of the runtime's poller.
+	conn.Close()
+	return fd, nil
+}
+
+// register adds the socket to its loop's set, for reading.
+func (c *clientSocket) register() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reading = true
+	ev := unix.EpollEvent{Events: c.events(), Fd: int32(c.fd)}
+	return unix.EpollCtl(c.loop.epfd, unix.EPOLL_CTL_ADD, c.fd, &ev)
+}
+
+func (c *clientSocket) events() uint32 {
+	var e uint32
+	if c.reading {
+		e |= unix.EPOLLIN
+	}
+	if c.writing {
+		e |= unix.EPOLLOUT
+	}
+	return e
+}
+
+// watch sets what the loop waits for on the socket. Hang-ups and errors
+// are always reported.
+func (c *clientSocket) watch(reading, writing bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.reading == reading && c.writing == writing {
+		return
+	}
+	c.reading, c.writing = reading, writing
+	ev := unix.EpollEvent{Events: c.events(), Fd: int32(c.fd)}
+	_ = unix.EpollCtl(c.loop.epfd, unix.EPOLL_CTL_MOD, c.fd, &ev)
+}
+
+func (c *clientSocket) setReading(on bool) {
+	c.mu.Lock()
+	w := c.writing
+	c.mu.Unlock()
+	c.watch(on, w)
+}
+
+func (c *clientSocket) setWriting(on bool) {
+	c.mu.Lock()
+	r := c.reading
+	c.mu.Unlock()
+	c.watch(r, on)
+}
+
+// shutdown ends the connection both ways without closing the descriptor:
+// the client sees EOF, and the loop a hang-up. Any goroutine may call it.
+func (c *clientSocket) shutdown() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.closed {
+		_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)
+	}
+}
+
+// close closes the descriptor, once; only the loop calls it. It holds the
+// output's lock, so no reply write is under way.
+func (c *clientSocket) close(o *output) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
+	c.closed = true
+	_ = unix.EpollCtl(c.loop.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
+	unix.Close(c.fd)
+	return true
+}
+
+// Read reads the socket for the request reader, at most c.reads times in
+// a pass: errWouldBlock when the pass's reads are used up, the last one
+// came back short (the socket is drained; if more came since, the
+// level-triggered set reports it again), or nothing is there.
+func (c *clientSocket) Read(b []byte) (int, error) {
+	if c.reads <= 0 {
+		return 0, errWouldBlock
+	}
+	n, err := c.read(b)
+	if n > 0 {
+		c.readBytes.Add(int64(n))
+		if c.reads--; n < len(b) {
+			c.reads = 0
+		}
+	}
+	return n, err
+}
+
+// read is one read of the socket: EOF when the client hung up,
+// errWouldBlock when nothing is there.
+func (c *clientSocket) read(b []byte) (int, error) {
+	for {
+		n, err := unix.Read(c.fd, b)
+		switch {
+		case n > 0:
+			return n, nil
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			c.reads = 0
+			return 0, errWouldBlock
+		case err != nil:
+			return 0, err
+		}
+		return 0, io.EOF
+	}
+}
+
+// write writes as much of b as the socket takes without waiting.
+func (c *clientSocket) write(b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := unix.Write(c.fd, b[n:])
+		if m > 0 {
+			n += m
+			continue
+		}
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil && err != unix.EAGAIN {
+			return n, err
+		}
+		break // full
+	}
+	return n, nil
+}
