@@ -27,7 +27,6 @@ type Metrics struct {
 	ClientsClosed     *prometheus.CounterVec // by reason
 	UpstreamConns     *prometheus.GaugeVec   // by lane
 	UpstreamDials     *prometheus.CounterVec // by result: ok, error
-	InFlight          prometheus.Gauge       // requests sent upstream, reply not yet back
 	Errors            *prometheus.CounterVec // by kind
 	Latency           *prometheus.HistogramVec
 	ExclusiveConns    *prometheus.GaugeVec // by state: in_use, idle
@@ -67,9 +66,11 @@ type Metrics struct {
 
 	reg          prometheus.Registerer
 	cacheWatched bool
-	cacheStats   func() cache.Stats // set by WatchCache; nil without a cache
-	byCommand    sync.Map           // label -> *CommandCounters
-	byRule       sync.Map           // pattern -> *RuleCounters
+	// inFlightWatched is set once WatchInFlight registered its gauge.
+	inFlightWatched bool
+	cacheStats      func() cache.Stats // set by WatchCache; nil without a cache
+	byCommand       sync.Map           // label -> *CommandCounters
+	byRule          sync.Map           // pattern -> *RuleCounters
 }
 
 // Labels funnel uses for commands that have no name of their own in the
@@ -204,9 +205,6 @@ func New(reg prometheus.Registerer) *Metrics {
 		UpstreamDials: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "funnel_upstream_dials_total", Help: "Upstream connection attempts, by result.",
 		}, []string{"result"}),
-		InFlight: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "funnel_inflight_requests", Help: "Requests sent upstream whose reply has not arrived.",
-		}),
 		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "funnel_errors_total", Help: "Errors funnel answered or met, by kind.",
 		}, []string{"kind"}),
@@ -255,7 +253,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	}, func() float64 { return float64(m.Buffered.Load()) }))
 	reg.MustRegister(m.ExclusiveConns, m.ExclusiveWaiting, m.PubSubChannels, m.PubSubSubscribers, m.PubSubMessages)
 	reg.MustRegister(m.ClientCommands, m.UpstreamCommands, m.LocalReplies, m.ClientConnections,
-		m.ClientsAccepted, m.ClientsClosed, m.UpstreamConns, m.UpstreamDials, m.InFlight, m.Errors, m.Latency,
+		m.ClientsAccepted, m.ClientsClosed, m.UpstreamConns, m.UpstreamDials, m.Errors, m.Latency,
 		m.Panics, m.MemoryWaits)
 	reg.MustRegister(m.UpstreamDuration, m.ExclusiveWait, m.CacheRuleReads)
 	counter := func(name, help string, v *atomic.Int64) prometheus.Collector {
@@ -280,6 +278,20 @@ func New(reg prometheus.Registerer) *Metrics {
 // WatchCache exports the cache's counters, read when scraped. Only the
 // first call registers; later ones (a second server on one registry in
 // tests) are ignored.
+// WatchInFlight exports funnel_inflight_requests, read from inFlight when
+// scraped: the count is kept per client connection, where it is needed
+// anyway, so a request costs no update of a gauge every core shares. The
+// first call wins, as with WatchCache.
+func (m *Metrics) WatchInFlight(inFlight func() int64) {
+	if m.inFlightWatched {
+		return
+	}
+	m.inFlightWatched = true
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "funnel_inflight_requests", Help: "Requests sent upstream whose reply has not arrived.",
+	}, func() float64 { return float64(inFlight()) }))
+}
+
 func (m *Metrics) WatchCache(stats func() cache.Stats) {
 	if m.cacheWatched {
 		return

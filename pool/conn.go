@@ -440,10 +440,12 @@ func (c *Conn) writeLoop(nc net.Conn, first *Request, inflight chan<- *Request, 
 				return nil
 			}
 		}
+		// One clock read for the requests one write carries.
+		now := time.Now()
 		for next != nil {
 			if next.cancelled() {
 				c.complete(next, nil, &Error{Kind: Closed, Err: ErrCancelled})
-			} else if err := c.writeOne(bw, next, inflight, broken); err != nil {
+			} else if err := c.writeOne(bw, next, now, inflight, broken); err != nil {
 				return err
 			}
 			select {
@@ -468,7 +470,7 @@ func (c *Conn) writeLoop(nc net.Conn, first *Request, inflight chan<- *Request, 
 
 // writeOne puts r in the in-flight line (push connections complete it
 // instead: their replies are not matched to requests) and writes it.
-func (c *Conn) writeOne(bw *bufio.Writer, r *Request, inflight chan<- *Request, broken <-chan struct{}) error {
+func (c *Conn) writeOne(bw *bufio.Writer, r *Request, now time.Time, inflight chan<- *Request, broken <-chan struct{}) error {
 	if c.push == nil {
 		select {
 		case inflight <- r:
@@ -476,10 +478,10 @@ func (c *Conn) writeOne(bw *bufio.Writer, r *Request, inflight chan<- *Request, 
 			c.complete(r, nil, &Error{Kind: Lost, Err: errors.New("connection broke before the command was sent")})
 			return errors.New("connection broke")
 		}
-		c.armDeadline(r.Timeout)
+		c.armDeadline(r.Timeout, now)
 	}
 	if r.Duration != nil {
-		r.writtenAt = time.Now()
+		r.writtenAt = now
 	}
 	_, err := bw.Write(r.Raw)
 	r.sent.Store(true)
@@ -524,7 +526,7 @@ func (c *Conn) drainOnClose() {
 // from idle to busy gets a read deadline; the reader extends it as replies
 // arrive. So a stalled upstream fails the connection after the timeout even
 // while new requests keep coming, and an idle connection has no deadline.
-func (c *Conn) armDeadline(timeout time.Duration) {
+func (c *Conn) armDeadline(timeout time.Duration, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	switch {
@@ -536,13 +538,14 @@ func (c *Conn) armDeadline(timeout time.Duration) {
 		c.noDeadline = true
 	case c.noDeadline:
 	case c.outstanding == 0 || timeout > c.pool.opts.Timeout:
-		c.setReadDeadline(time.Now().Add(max(timeout, c.pool.opts.Timeout)))
+		c.setReadDeadline(now.Add(max(timeout, c.pool.opts.Timeout)))
 	}
 	c.outstanding++
 }
 
-// replied is called by the reader after a request's last reply.
-func (c *Conn) replied() {
+// replied is called by the reader after a request's last reply, with the
+// time of the read that brought it.
+func (c *Conn) replied(now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.outstanding--
@@ -556,7 +559,6 @@ func (c *Conn) replied() {
 	}
 	// Move the deadline only when half of it is used up: SetReadDeadline
 	// costs a timer update, and replies can come by the hundred thousand.
-	now := time.Now()
 	if c.deadlineAt.Sub(now) < c.pool.opts.Timeout/2 {
 		c.setReadDeadline(now.Add(c.pool.opts.Timeout))
 	}
@@ -582,6 +584,7 @@ func (c *Conn) readLoop(nc net.Conn, inflight <-chan *Request) (head *Request, e
 	got := 0
 	var batch Batch
 	defer batch.Flush()
+	var readAt time.Time
 	for {
 		n, serr := scan.Scan(buf[start:end])
 		if err = serr; err != nil {
@@ -604,11 +607,11 @@ func (c *Conn) readLoop(nc net.Conn, inflight <-chan *Request) (head *Request, e
 				if got == head.replies() {
 					head.awaitSent()
 					if head.Duration != nil {
-						head.Duration.Observe(time.Since(head.writtenAt).Seconds())
+						head.Duration.Observe(readAt.Sub(head.writtenAt).Seconds())
 					}
 					c.completeBatched(head, buf[start:start+n], &batch)
 					head = nil
-					c.replied()
+					c.replied(readAt)
 				}
 			}
 			start += n
@@ -632,6 +635,7 @@ func (c *Conn) readLoop(nc net.Conn, inflight <-chan *Request) (head *Request, e
 			buf = grown
 		}
 		m, rerr := nc.Read(buf[end:])
+		readAt = time.Now() // one clock read for the replies one read brings
 		end += m
 		if err = rerr; err != nil {
 			var ne net.Error

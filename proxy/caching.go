@@ -226,7 +226,6 @@ func (cr *cacheReader) CanJoin(owner any) bool {
 		return false
 	}
 	r.route, r.upstream = routeJoined, true
-	s.srv.metrics.InFlight.Inc()
 	if s.upInFlight.Add(1) == 1 {
 		s.sticky, s.stickyLease = o.conn, nil
 		s.lastConn, s.lastSeq = o.conn, o.seq

@@ -48,11 +48,11 @@ func (c *clientInfo) init(conn net.Conn, id int64) {
 // fields. The name is stored by pointer into the command table, which costs
 // no allocation per command; an unknown command leaves the last one shown,
 // so nothing a client sends is kept.
-func (c *clientInfo) setLastCommand(info *command.Info) {
+func (c *clientInfo) setLastCommand(info *command.Info, at time.Time) {
 	if info != nil {
 		c.lastCmd.Store(&info.Name)
 	}
-	c.lastActive.Store(time.Now().UnixNano())
+	c.lastActive.Store(at.UnixNano())
 }
 
 func (c *clientInfo) setName(name string) {

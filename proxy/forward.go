@@ -50,7 +50,6 @@ func (s *session) countUpstream(r *request, n int) {
 	r.upstream = true
 	r.counters.Upstream(n)
 	r.Duration = r.counters.UpstreamDuration()
-	s.srv.metrics.InFlight.Inc()
 	if avg := s.avgReply.Load(); avg > 0 {
 		r.reserved = avg
 		s.srv.mem.reserve(avg)

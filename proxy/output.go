@@ -157,10 +157,14 @@ func (o *output) drainLocked(flush bool) {
 	if o.s.isDead() || o.stalled {
 		return
 	}
+	var now time.Time // one clock read for the replies sent together
 	for o.closeAfter == notClosed {
 		r := o.peek()
 		if r == nil || r.state.Load() != done {
 			break
+		}
+		if now.IsZero() {
+			now = time.Now()
 		}
 		var undelivered []byte // a reply that must reach the client or go back
 		if r.err == nil && !r.suppress {
@@ -181,7 +185,7 @@ func (o *output) drainLocked(flush bool) {
 		o.pop(r)
 		o.off = 0
 		o.closeAfter = r.closeAfter
-		o.s.replySent(r)
+		o.s.replySent(r, now)
 		if undelivered != nil {
 			// Write it now. Written (to the socket's buffer), it is the
 			// client's, as in Redis; if the client is gone first, the

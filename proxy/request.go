@@ -107,10 +107,11 @@ const maxKeptBuf = 64 << 10
 
 // newRequest makes the request for cmd, copying its bytes out of the
 // reader's buffer, or taking the buffer when the reader handed it over.
+// Only the loop calls it, as it reads.
 func newRequest(s *session, cmd resp.Command) *request {
 	r := requestPool.Get().(*request)
 	r.s = s
-	r.start = time.Now()
+	r.start = s.sock.readAt
 	if cmd.Owned {
 		r.Raw = cmd.Raw
 		r.args = append(r.argBuf[:0], cmd.Args...)

@@ -35,7 +35,7 @@ func (s *session) route(r *request) {
 	}
 	r.counters = s.srv.metrics.Command(name)
 	r.counters.Client()
-	s.info.setLastCommand(info)
+	s.info.setLastCommand(info, r.start)
 	r.suppress = s.replyMode.suppresses()
 	s.replyMode = s.replyMode.next()
 	r.spec = sharedSpec

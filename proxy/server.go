@@ -185,6 +185,7 @@ func New(p *pool.Pool, opts Options) *Server {
 	for k := range srv.latency {
 		srv.latency[k] = opts.Metrics.Latency.WithLabelValues(routeKind(k).String())
 	}
+	opts.Metrics.WatchInFlight(srv.inFlight)
 	srv.hub = newHub(srv)
 	srv.waits = newWaitHub(srv)
 	srv.scripts = newScriptBook()
@@ -415,6 +416,18 @@ func (srv *Server) sessionsSnapshot() []*session {
 	srv.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].id < out[j].id })
 	return out
+}
+
+// inFlight counts the requests funnel's clients have upstream now, for
+// funnel_inflight_requests.
+func (srv *Server) inFlight() int64 {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	var n int64
+	for _, s := range srv.sessions {
+		n += s.upInFlight.Load()
+	}
+	return n
 }
 
 func (srv *Server) sessionCount() int {

@@ -396,8 +396,9 @@ func (s *session) held(n int64) {
 
 // replySent is called by the output for each request it took off its
 // queue, written or suppressed, and recycles it.
-func (s *session) replySent(r *request) {
-	s.srv.latency[r.route].Observe(time.Since(r.start).Seconds())
+// now is the time the output took once for the replies it sent together.
+func (s *session) replySent(r *request, now time.Time) {
+	s.srv.latency[r.route].Observe(now.Sub(r.start).Seconds())
 	if r.err == nil {
 		s.pendingOut.Add(-int64(len(r.replyBytes())))
 	}
@@ -419,7 +420,6 @@ func (s *session) replySent(r *request) {
 // upstreamDone is called when a request of the client's that was sent
 // upstream completes with a reply of n bytes.
 func (s *session) upstreamDone(r *request, n int) {
-	s.srv.metrics.InFlight.Dec()
 	if avg := s.avgReply.Load(); avg == 0 {
 		s.avgReply.Store(int64(n) + 1)
 	} else {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -24,6 +25,9 @@ type clientSocket struct {
 	// reads is how many more reads of the socket the loop allows in this
 	// pass; Read says errWouldBlock after them. Owned by the loop.
 	reads int
+	// readAt is when the last read returned: the time every command it
+	// brought was read, one clock read per batch. Owned by the loop.
+	readAt time.Time
 
 	// mu guards what the loop watches the socket for, and its close, so a
 	// watch change never reaches a descriptor number reused by another
@@ -147,6 +151,7 @@ func (c *clientSocket) Read(b []byte) (int, error) {
 	}
 	n, err := c.read(b)
 	if n > 0 {
+		c.readAt = time.Now()
 		c.readBytes.Add(int64(n))
 		if c.reads--; n < len(b) {
 			c.reads = 0
