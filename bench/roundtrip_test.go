@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/funnel-proxy/funnel/internal/funneltest"
 	"github.com/funnel-proxy/funnel/internal/redistest"
@@ -53,8 +54,8 @@ func roundTrips(b *testing.B, addr string, cmd []byte) {
 
 // BenchmarkRoundTrip compares GET and SET round trips direct to
 // redis-server with ones through funnel, with coalescing (the default:
-// every GET is a flight others could join, every SET an invalidation) and
-// without. allocs/op counts funnel's allocations too, since it runs in this
+// every GET is a flight others could join, every SET an invalidation),
+// without, and with GETs cached. allocs/op counts funnel's allocations too, since it runs in this
 // process.
 func BenchmarkRoundTrip(b *testing.B) {
 	rs := redistest.Start(b)
@@ -69,6 +70,11 @@ func BenchmarkRoundTrip(b *testing.B) {
 		{"funnel", func(b *testing.B) string { return funneltest.Start(b, rs, proxy.Options{}, pool.Options{}) }},
 		{"funnel-nocoalesce", func(b *testing.B) string {
 			return funneltest.Start(b, rs, proxy.Options{DisableCoalesce: true}, pool.Options{})
+		}},
+		{"funnel-cached", func(b *testing.B) string {
+			// GETs are cache hits, but for one read a second; each SET
+			// drops the entry.
+			return funneltest.Start(b, rs, proxy.Options{CacheRules: []proxy.CacheRule{{Pattern: "key", TTL: time.Second}}}, pool.Options{})
 		}},
 	}
 	for _, target := range targets {

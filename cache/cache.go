@@ -60,9 +60,10 @@ type Cache struct {
 	stripes   [stripes]stripe               // by hash of db and key
 	dbEpoch   map[int]uint64                // last whole-db write begun or ended; -1: every db
 	dbPending map[int]int32                 // whole-db writes pending
-	keys      map[int]map[string]*keyState  // by db: keys with entries or flights
-	entries   map[cmdKey]*entry             // stored replies
-	flights   map[cmdKey]*Flight            // reads in flight that others may join
+	keys      map[int]map[string]*keyState  // by db: keys with entries
+	entries   map[uint64]*entry             // stored replies, by readHash
+	flights   map[uint64]*Flight            // reads in flight that others may join, by readHash
+	spare     []*Flight                     // finished flights, for reuse
 	lru       *list.List                    // of *entry, most recent first
 	known     map[int]map[string]*hashKnown // by db: what hashes hold (see known.go)
 	noExpiry  map[int]map[string]time.Time  // by db: keys seen to have no expiry, until when (see known.go)
@@ -70,20 +71,20 @@ type Cache struct {
 	stats     Stats
 }
 
-type cmdKey struct {
-	db  int
-	cmd string
-}
-
-// keyState is what refers to a key: its entries and flights. A key with
-// neither is forgotten.
+// keyState is what refers to a key: its entries. A key with none is
+// forgotten. (Flights need no record per key: whether a write came is
+// told by the keys' stripes.)
 type keyState struct {
 	entries map[*entry]bool
-	flights int
 }
 
+// Entries and flights are found by a hash of their db and read; the read
+// itself, kept with them, is compared before one is used, so two reads
+// whose hashes collide only miss each other.
 type entry struct {
-	key     cmdKey
+	hash    uint64
+	db      int
+	cmd     string
 	keys    []string
 	reply   []byte
 	expires time.Time
@@ -91,10 +92,15 @@ type entry struct {
 }
 
 // Flight is a read sent upstream that identical reads may join. The
-// caller that started it must call Finish exactly once.
+// caller that started it must call Finish exactly once, then Recycle once
+// it is done with the readers Finish returned, and not touch the flight
+// after: it is reused, so leading a read allocates nothing.
 type Flight struct {
-	key     cmdKey
-	keys    []string
+	hash    uint64
+	db      int
+	cmd     []byte   // the read, for the comparison
+	keyBuf  []byte   // storage of keys
+	keys    [][]byte // views into keyBuf
 	start   uint64
 	sent    time.Time // the TTL counts from here, when the read was sent
 	ttl     time.Duration
@@ -104,13 +110,42 @@ type Flight struct {
 	Owner any
 }
 
+// maxSpareFlights bounds the finished flights kept for reuse.
+const maxSpareFlights = 256
+
+func (f *Flight) is(db int, cmd []byte) bool { return f.db == db && string(f.cmd) == string(cmd) }
+
+func (e *entry) is(db int, cmd []byte) bool { return e.db == db && e.cmd == string(cmd) }
+
+// setKeys copies keys into f's own storage.
+func (f *Flight) setKeys(keys [][]byte) {
+	n := 0
+	for _, k := range keys {
+		n += len(k)
+	}
+	if cap(f.keyBuf) < n {
+		f.keyBuf = make([]byte, 0, n)
+	}
+	f.keyBuf, f.keys = f.keyBuf[:0], f.keys[:0]
+	for _, k := range keys {
+		i := len(f.keyBuf)
+		f.keyBuf = append(f.keyBuf, k...)
+		f.keys = append(f.keys, f.keyBuf[i:len(f.keyBuf):len(f.keyBuf)])
+	}
+}
+
+// readHash is where the read cmd of db is filed.
+func (c *Cache) readHash(db int, cmd []byte) uint64 {
+	return maphash.Bytes(c.seed, cmd) ^ uint64(db)*0x9e3779b97f4a7c15
+}
+
 // New returns a cache holding at most maxBytes of replies, none larger than
 // maxValue.
 func New(maxBytes int64, maxValue int) *Cache {
 	return &Cache{
 		maxBytes: maxBytes, maxValue: maxValue, seed: maphash.MakeSeed(),
 		dbEpoch: map[int]uint64{}, dbPending: map[int]int32{}, keys: map[int]map[string]*keyState{},
-		entries: map[cmdKey]*entry{}, flights: map[cmdKey]*Flight{}, lru: list.New(),
+		entries: map[uint64]*entry{}, flights: map[uint64]*Flight{}, lru: list.New(),
 		known: map[int]map[string]*hashKnown{}, noExpiry: map[int]map[string]time.Time{}, runs: map[runKey]*hashSetRun{},
 	}
 }
@@ -129,11 +164,6 @@ type Reader interface {
 	Lead() any
 }
 
-func (c *Cache) stripeOfString(db int, key string) *stripe {
-	h := maphash.String(c.seed, key) ^ uint64(db)*0x9e3779b97f4a7c15
-	return &c.stripes[h%stripes]
-}
-
 func (c *Cache) stripeIndex(db int, key []byte) uint32 {
 	h := maphash.Bytes(c.seed, key) ^ uint64(db)*0x9e3779b97f4a7c15
 	return uint32(h % stripes)
@@ -144,11 +174,11 @@ func (c *Cache) stripeIndex(db int, key []byte) uint32 {
 // flight, still valid, and rd may join it, joined is true, and rd is among
 // the readers that Finish returns. Otherwise rd leads a new flight: it sends
 // the read and calls Finish with the outcome.
-func (c *Cache) Lookup(db int, cmd string, keys []string, ttl time.Duration, now time.Time, rd Reader) (hit []byte, joined bool, lead *Flight) {
+func (c *Cache) Lookup(db int, cmd []byte, keys [][]byte, ttl time.Duration, now time.Time, rd Reader) (hit []byte, joined bool, lead *Flight) {
+	h := c.readHash(db, cmd)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	k := cmdKey{db, cmd}
-	if e := c.entries[k]; e != nil {
+	if e := c.entries[h]; e != nil && e.is(db, cmd) {
 		switch {
 		case ttl <= 0 || !now.Before(e.expires):
 			c.removeEntry(e)
@@ -158,23 +188,28 @@ func (c *Cache) Lookup(db int, cmd string, keys []string, ttl time.Duration, now
 			return e.reply, false, nil
 		}
 	}
-	if f := c.flights[k]; f != nil && rd != nil && c.validSince(db, f.keys, f.start) && rd.CanJoin(f.Owner) {
+	if f := c.flights[h]; f != nil && rd != nil && f.is(db, cmd) && c.validSince(db, f.keys, f.start) && rd.CanJoin(f.Owner) {
 		f.waiters = append(f.waiters, rd)
 		c.stats.Joins++
 		return nil, true, nil
 	}
 	c.stats.Misses++
-	f := &Flight{key: k, keys: keys, start: c.clock, sent: now, ttl: ttl}
+	var f *Flight
+	if n := len(c.spare); n > 0 {
+		f, c.spare = c.spare[n-1], c.spare[:n-1]
+	} else {
+		f = new(Flight)
+	}
+	f.hash, f.db, f.cmd = h, db, append(f.cmd[:0], cmd...)
+	f.setKeys(keys)
+	f.start, f.sent, f.ttl = c.clock, now, ttl
 	if rd != nil {
 		f.Owner = rd.Lead()
 	}
 	// A read of a pending key must not be joined: it may overtake the
 	// write on another connection. It still goes upstream, on its own.
-	if c.validSince(db, keys, f.start) {
-		c.flights[k] = f
-	}
-	for _, key := range keys {
-		c.track(db, key).flights++
+	if c.validSince(db, f.keys, f.start) {
+		c.flights[h] = f
 	}
 	return nil, false, f
 }
@@ -188,40 +223,40 @@ func (c *Cache) Lookup(db int, cmd string, keys []string, ttl time.Duration, now
 // and no later than an expiry that a write seen gave one of its keys.
 func (c *Cache) Finish(f *Flight, reply []byte, err error) []Reader {
 	c.mu.Lock()
-	if c.flights[f.key] == f {
-		delete(c.flights, f.key)
-	}
-	db := f.key.db
-	for _, key := range f.keys {
-		if ks := c.keys[db][key]; ks != nil {
-			ks.flights--
-		}
+	defer c.mu.Unlock()
+	if c.flights[f.hash] == f {
+		delete(c.flights, f.hash)
 	}
 	storable := err == nil && f.ttl > 0 && len(reply) > 0 && reply[0] != '-' && reply[0] != '!' && len(reply) <= c.maxValue
 	if storable {
-		if c.validSince(db, f.keys, f.start) {
+		if c.validSince(f.db, f.keys, f.start) {
 			c.store(f, reply)
 		} else {
 			c.stats.DroppedFills++
 		}
 	}
-	for _, key := range f.keys {
-		c.forgetIfUnused(db, key)
+	return f.waiters
+}
+
+// Recycle takes back a finished flight, and the readers Finish returned.
+func (c *Cache) Recycle(f *Flight) {
+	clear(f.waiters)
+	f.waiters, f.Owner = f.waiters[:0], nil
+	c.mu.Lock()
+	if len(c.spare) < maxSpareFlights && cap(f.cmd) <= 4<<10 && cap(f.keyBuf) <= 4<<10 && cap(f.waiters) <= 1024 {
+		c.spare = append(c.spare, f)
 	}
-	waiters := f.waiters
-	f.waiters = nil
 	c.mu.Unlock()
-	return waiters
 }
 
 // validSince reports whether none of keys (nor their db) was written after
 // clock value start, and none is pending now. mu must be held.
-func (c *Cache) validSince(db int, keys []string, start uint64) bool {
+func (c *Cache) validSince(db int, keys [][]byte, start uint64) bool {
 	if c.dbEpoch[db] > start || c.dbEpoch[-1] > start || c.dbPending[db] > 0 || c.dbPending[-1] > 0 {
 		return false
 	}
 	for _, key := range keys {
-		if st := c.stripeOfString(db, key); st.pending > 0 || st.version > start {
+		if st := &c.stripes[c.stripeIndex(db, key)]; st.pending > 0 || st.version > start {
 			return false
 		}
 	}
@@ -229,22 +264,24 @@ func (c *Cache) validSince(db int, keys []string, start uint64) bool {
 }
 
 func (c *Cache) store(f *Flight, reply []byte) {
-	if old := c.entries[f.key]; old != nil {
+	if old := c.entries[f.hash]; old != nil {
 		c.removeEntry(old)
 	}
 	expires := f.sent.Add(f.ttl)
-	for _, key := range f.keys {
+	keys := make([]string, len(f.keys))
+	for i, key := range f.keys {
+		keys[i] = string(key)
 		// A key that a write gave an expiry before this read was sent: the
 		// reply may not outlive it.
-		if st := c.stripeOfString(f.key.db, key); st.expires > f.sent.UnixNano() && st.expires < expires.UnixNano() {
+		if st := &c.stripes[c.stripeIndex(f.db, key)]; st.expires > f.sent.UnixNano() && st.expires < expires.UnixNano() {
 			expires = time.Unix(0, st.expires)
 		}
 	}
-	e := &entry{key: f.key, keys: f.keys, reply: append([]byte(nil), reply...), expires: expires}
+	e := &entry{hash: f.hash, db: f.db, cmd: string(f.cmd), keys: keys, reply: append([]byte(nil), reply...), expires: expires}
 	e.elem = c.lru.PushFront(e)
-	c.entries[f.key] = e
-	for _, key := range f.keys {
-		c.track(f.key.db, key).entries[e] = true
+	c.entries[f.hash] = e
+	for _, key := range keys {
+		c.track(f.db, key).entries[e] = true
 	}
 	c.stats.Entries++
 	c.stats.Bytes += e.size()
@@ -254,21 +291,21 @@ func (c *Cache) store(f *Flight, reply []byte) {
 	}
 }
 
-func (e *entry) size() int64 { return int64(len(e.reply) + len(e.key.cmd) + 64) }
+func (e *entry) size() int64 { return int64(len(e.reply) + len(e.cmd) + 64) }
 
 // removeEntry drops e. mu must be held.
 func (c *Cache) removeEntry(e *entry) {
-	if c.entries[e.key] != e {
+	if c.entries[e.hash] != e {
 		return
 	}
-	delete(c.entries, e.key)
+	delete(c.entries, e.hash)
 	c.lru.Remove(e.elem)
 	c.stats.Entries--
 	c.stats.Bytes -= e.size()
 	for _, key := range e.keys {
-		if ks := c.keys[e.key.db][key]; ks != nil {
+		if ks := c.keys[e.db][key]; ks != nil {
 			delete(ks.entries, e)
-			c.forgetIfUnused(e.key.db, key)
+			c.forgetIfUnused(e.db, key)
 		}
 	}
 }
@@ -288,7 +325,7 @@ func (c *Cache) track(db int, key string) *keyState {
 }
 
 func (c *Cache) forgetIfUnused(db int, key string) {
-	if ks := c.keys[db][key]; ks != nil && ks.flights <= 0 && len(ks.entries) == 0 {
+	if ks := c.keys[db][key]; ks != nil && len(ks.entries) == 0 {
 		delete(c.keys[db], key)
 	}
 }
@@ -372,8 +409,8 @@ func (c *Cache) BeginWriteDB(db int) Write {
 	c.forgetKnown(db, nil)
 	c.forgetNoExpiry(db, nil)
 	c.spoilRuns(db)
-	for k, e := range c.entries {
-		if db == -1 || k.db == db {
+	for _, e := range c.entries {
+		if db == -1 || e.db == db {
 			c.removeEntry(e)
 		}
 	}

@@ -17,28 +17,28 @@ func (r *reader) Lead() any        { return nil }
 
 func TestHitMissAndTTL(t *testing.T) {
 	c := New(1<<20, 1<<10)
-	_, joined, f := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, nil)
+	_, joined, f := c.Lookup(0, []byte("get|k"), bs("k"), time.Second, t0, nil)
 	if joined || f == nil {
 		t.Fatal("first lookup must lead")
 	}
 	c.Finish(f, []byte("$1\r\nv\r\n"), nil)
-	if hit, _, _ := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0.Add(999*time.Millisecond), nil); string(hit) != "$1\r\nv\r\n" {
+	if hit, _, _ := c.Lookup(0, []byte("get|k"), bs("k"), time.Second, t0.Add(999*time.Millisecond), nil); string(hit) != "$1\r\nv\r\n" {
 		t.Fatalf("hit = %q", hit)
 	}
-	if hit, _, f := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0.Add(time.Second), nil); hit != nil || f == nil {
+	if hit, _, f := c.Lookup(0, []byte("get|k"), bs("k"), time.Second, t0.Add(time.Second), nil); hit != nil || f == nil {
 		t.Fatal("served a reply as old as its TTL")
 	}
-	if hit, _, _ := c.Lookup(1, "get|k", []string{"k"}, time.Second, t0, nil); hit != nil {
+	if hit, _, _ := c.Lookup(1, []byte("get|k"), bs("k"), time.Second, t0, nil); hit != nil {
 		t.Fatal("another db shares the entry")
 	}
 }
 
 func TestWriteDropsEntry(t *testing.T) {
 	c := New(1<<20, 1<<10)
-	_, _, f := c.Lookup(0, "mget|a|b", []string{"a", "b"}, time.Second, t0, nil)
+	_, _, f := c.Lookup(0, []byte("mget|a|b"), bs("a", "b"), time.Second, t0, nil)
 	c.Finish(f, []byte("*2\r\n$-1\r\n$-1\r\n"), nil)
 	c.EndWrite(c.BeginWrite(0, [][]byte{[]byte("b")}, time.Time{}, nil))
-	if hit, _, _ := c.Lookup(0, "mget|a|b", []string{"a", "b"}, time.Second, t0, nil); hit != nil {
+	if hit, _, _ := c.Lookup(0, []byte("mget|a|b"), bs("a", "b"), time.Second, t0, nil); hit != nil {
 		t.Fatal("entry survived a write to one of its keys")
 	}
 	if s := c.Stats(); s.Entries != 0 {
@@ -51,9 +51,9 @@ func TestWriteDropsEntry(t *testing.T) {
 // not be stored; a read after the write must not join the older flight.
 func TestFillRace(t *testing.T) {
 	c := New(1<<20, 1<<10)
-	_, _, f := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, nil)
+	_, _, f := c.Lookup(0, []byte("get|k"), bs("k"), time.Second, t0, nil)
 	c.EndWrite(c.BeginWrite(0, [][]byte{[]byte("k")}, time.Time{}, nil))
-	hit, joined, f2 := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, &reader{join: true})
+	hit, joined, f2 := c.Lookup(0, []byte("get|k"), bs("k"), time.Second, t0, &reader{join: true})
 	if hit != nil || joined || f2 == nil {
 		t.Fatal("a read after a write joined a flight sent before it")
 	}
@@ -62,26 +62,26 @@ func TestFillRace(t *testing.T) {
 		t.Fatalf("stale fill kept: %+v", s)
 	}
 	c.Finish(f2, []byte("$3\r\nnew\r\n"), nil)
-	if hit, _, _ := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, nil); string(hit) != "$3\r\nnew\r\n" {
+	if hit, _, _ := c.Lookup(0, []byte("get|k"), bs("k"), time.Second, t0, nil); string(hit) != "$3\r\nnew\r\n" {
 		t.Fatalf("hit = %q", hit)
 	}
 	c.EndWrite(c.BeginWriteDB(-1))
-	if hit, _, _ := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, nil); hit != nil {
+	if hit, _, _ := c.Lookup(0, []byte("get|k"), bs("k"), time.Second, t0, nil); hit != nil {
 		t.Fatal("entry survived FLUSHALL")
 	}
 }
 
 func TestJoinAndErrors(t *testing.T) {
 	c := New(1<<20, 8)
-	_, _, f := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, nil)
+	_, _, f := c.Lookup(0, []byte("get|k"), bs("k"), time.Second, t0, nil)
 	rd := &reader{join: true}
 	for i := 0; i < 3; i++ {
-		_, joined, lead := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, rd)
+		_, joined, lead := c.Lookup(0, []byte("get|k"), bs("k"), time.Second, t0, rd)
 		if !joined || lead != nil {
 			t.Fatal("identical read did not join")
 		}
 	}
-	if _, joined, _ := c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, &reader{join: false}); joined {
+	if _, joined, _ := c.Lookup(0, []byte("get|k"), bs("k"), time.Second, t0, &reader{join: false}); joined {
 		t.Fatal("joined although the reader refused")
 	}
 	if joiners := c.Finish(f, []byte("-ERR x\r\n"), nil); len(joiners) != 3 || joiners[0] != rd {
@@ -90,7 +90,7 @@ func TestJoinAndErrors(t *testing.T) {
 	if s := c.Stats(); s.Entries != 0 || s.Joins != 3 {
 		t.Fatalf("error reply stored or joins miscounted: %+v", s)
 	}
-	_, _, f = c.Lookup(0, "get|big", []string{"big"}, time.Second, t0, nil)
+	_, _, f = c.Lookup(0, []byte("get|big"), bs("big"), time.Second, t0, nil)
 	c.Finish(f, []byte("$9\r\n123456789\r\n"), nil)
 	if s := c.Stats(); s.Entries != 0 {
 		t.Fatal("value over the size limit stored")
@@ -101,7 +101,7 @@ func TestLRUBound(t *testing.T) {
 	c := New(10_000, 1<<10)
 	for i := 0; i < 1000; i++ {
 		cmd := fmt.Sprint("get|k", i)
-		_, _, f := c.Lookup(0, cmd, []string{fmt.Sprint("k", i)}, time.Minute, t0, nil)
+		_, _, f := c.Lookup(0, []byte(cmd), bs(fmt.Sprint("k", i)), time.Minute, t0, nil)
 		c.Finish(f, make([]byte, 100), nil)
 		if s := c.Stats(); s.Bytes > 10_000 {
 			t.Fatalf("bytes %d over the bound", s.Bytes)
@@ -112,10 +112,10 @@ func TestLRUBound(t *testing.T) {
 		t.Fatalf("%+v", s)
 	}
 	// The newest entry survives, the oldest went.
-	if hit, _, _ := c.Lookup(0, "get|k999", []string{"k999"}, time.Minute, t0, nil); hit == nil {
+	if hit, _, _ := c.Lookup(0, []byte("get|k999"), bs("k999"), time.Minute, t0, nil); hit == nil {
 		t.Fatal("newest entry evicted")
 	}
-	if hit, _, _ := c.Lookup(0, "get|k0", []string{"k0"}, time.Minute, t0, nil); hit != nil {
+	if hit, _, _ := c.Lookup(0, []byte("get|k0"), bs("k0"), time.Minute, t0, nil); hit != nil {
 		t.Fatal("oldest entry kept")
 	}
 	if len(c.keys[0]) > int(s.Entries)+2 {
@@ -130,7 +130,7 @@ func TestLRUBound(t *testing.T) {
 func TestPendingWrite(t *testing.T) {
 	c := New(1<<20, 1<<10)
 	get := func(rd Reader) ([]byte, bool, *Flight) {
-		return c.Lookup(0, "get|k", []string{"k"}, time.Second, t0, rd)
+		return c.Lookup(0, []byte("get|k"), bs("k"), time.Second, t0, rd)
 	}
 	_, _, f := get(nil)
 	c.Finish(f, []byte("$2\r\nv0\r\n"), nil)
@@ -168,12 +168,12 @@ func TestExpiryBoundsEntries(t *testing.T) {
 	if got := c.KnownExpiry(0, []byte("k")); !got.Equal(now.Add(100 * time.Millisecond).Truncate(0)) {
 		t.Fatalf("KnownExpiry = %v", got)
 	}
-	_, _, f := c.Lookup(0, "get|k", []string{"k"}, time.Minute, now.Add(time.Millisecond), nil)
+	_, _, f := c.Lookup(0, []byte("get|k"), bs("k"), time.Minute, now.Add(time.Millisecond), nil)
 	c.Finish(f, []byte("$1\r\nv\r\n"), nil)
-	if hit, _, _ := c.Lookup(0, "get|k", []string{"k"}, time.Minute, now.Add(50*time.Millisecond), nil); hit == nil {
+	if hit, _, _ := c.Lookup(0, []byte("get|k"), bs("k"), time.Minute, now.Add(50*time.Millisecond), nil); hit == nil {
 		t.Fatal("no hit before the expiry")
 	}
-	if hit, _, _ := c.Lookup(0, "get|k", []string{"k"}, time.Minute, now.Add(100*time.Millisecond), nil); hit != nil {
+	if hit, _, _ := c.Lookup(0, []byte("get|k"), bs("k"), time.Minute, now.Add(100*time.Millisecond), nil); hit != nil {
 		t.Fatal("served past the key's expiry")
 	}
 }
@@ -182,29 +182,29 @@ func TestExpiryBoundsEntries(t *testing.T) {
 // flight across it fills nothing.
 func TestReset(t *testing.T) {
 	c := New(1<<20, 1<<10)
-	_, _, f := c.Lookup(0, "get|a", []string{"a"}, time.Minute, t0, nil)
+	_, _, f := c.Lookup(0, []byte("get|a"), bs("a"), time.Minute, t0, nil)
 	c.Finish(f, []byte("$1\r\nv\r\n"), nil)
 	w := c.BeginWrite(0, [][]byte{[]byte("h")}, time.Time{}, nil)
-	_, _, inFlight := c.Lookup(0, "get|b", []string{"b"}, time.Minute, t0, nil)
+	_, _, inFlight := c.Lookup(0, []byte("get|b"), bs("b"), time.Minute, t0, nil)
 	c.Reset()
 	if _, _, ok := c.LearnHash(w, 0, []byte("h"), [][]byte{[]byte("f"), []byte("v")}, t0.Add(time.Minute)); ok {
 		t.Error("a write that began before Reset taught a hash")
 	}
 	c.EndWrite(w)
 	c.Finish(inFlight, []byte("$1\r\nw\r\n"), nil)
-	if hit, _, _ := c.Lookup(0, "get|a", []string{"a"}, time.Minute, t0, nil); hit != nil {
+	if hit, _, _ := c.Lookup(0, []byte("get|a"), bs("a"), time.Minute, t0, nil); hit != nil {
 		t.Error("a reply stored before Reset was served")
 	}
-	if hit, _, _ := c.Lookup(0, "get|b", []string{"b"}, time.Minute, t0, nil); hit != nil {
+	if hit, _, _ := c.Lookup(0, []byte("get|b"), bs("b"), time.Minute, t0, nil); hit != nil {
 		t.Error("a read in flight across Reset filled the cache")
 	}
 	if st := c.Stats(); st.DroppedFills != 1 {
 		t.Errorf("dropped fills %d, want 1", st.DroppedFills)
 	}
 	// After Reset the cache works as before.
-	_, _, f = c.Lookup(0, "get|c", []string{"c"}, time.Minute, t0, nil)
+	_, _, f = c.Lookup(0, []byte("get|c"), bs("c"), time.Minute, t0, nil)
 	c.Finish(f, []byte("$1\r\nx\r\n"), nil)
-	if hit, _, _ := c.Lookup(0, "get|c", []string{"c"}, time.Minute, t0, nil); hit == nil {
+	if hit, _, _ := c.Lookup(0, []byte("get|c"), bs("c"), time.Minute, t0, nil); hit == nil {
 		t.Error("no hit after Reset")
 	}
 	w = c.BeginWrite(0, [][]byte{[]byte("h")}, time.Time{}, nil)
@@ -212,4 +212,13 @@ func TestReset(t *testing.T) {
 		t.Error("LearnHash after Reset learnt nothing")
 	}
 	c.EndWrite(w)
+}
+
+// bs returns keys as the byte slices Lookup takes.
+func bs(keys ...string) [][]byte {
+	out := make([][]byte, len(keys))
+	for i, k := range keys {
+		out[i] = []byte(k)
+	}
+	return out
 }

@@ -39,14 +39,14 @@ func ParseCacheRule(s string) (CacheRule, error) {
 // ruleTTL returns the TTL for a read of keys: the shortest TTL among st's
 // rules matched, if every key matches one; else 0 (not cached). It also
 // returns the rule that gave that TTL, whose counters the read goes to.
-func (st *settings) ruleTTL(keys []string) (time.Duration, *CacheRule) {
+func (st *settings) ruleTTL(keys [][]byte) (time.Duration, *CacheRule) {
 	var ttl time.Duration
 	var rule *CacheRule
 	rules := st.cacheRules
 	for _, k := range keys {
 		best := -1
 		for i := range rules {
-			if glob.Match(rules[i].Pattern, k) && (best < 0 || rules[i].TTL < rules[best].TTL) {
+			if glob.Match(rules[i].Pattern, string(k)) && (best < 0 || rules[i].TTL < rules[best].TTL) {
 				best = i
 			}
 		}
@@ -93,48 +93,41 @@ func (srv *Server) readOnlyCall(st *settings, info *command.Info, args [][]byte)
 	return info.Has(command.ReadOnly) && !info.Has(command.Nondeterministic) && !blocks(specOf(info.Name), args)
 }
 
-// keyStrings returns the keys args name, and whether the table could find
-// every one of them.
-func keyStrings(info *command.Info, args [][]byte) ([]string, bool) {
-	var buf [8]int
-	pos, complete := info.KeyPositions(buf[:0], args)
-	keys := make([]string, len(pos))
-	for i, p := range pos {
-		keys[i] = string(args[p])
+// readKeys returns the keys args name, as views into args in the
+// session's scratch, and whether the table could find every one of them.
+func (s *session) readKeys(info *command.Info, args [][]byte) ([][]byte, bool) {
+	pos, complete := info.KeyPositions(s.keyPos[:0], args)
+	s.keyPos = pos
+	keys := s.keyArgs[:0]
+	for _, p := range pos {
+		keys = append(keys, args[p])
 	}
+	s.keyArgs = keys
 	return keys, complete
 }
 
-// readKey names a read for the cache: the command and its arguments, with
-// a script's body replaced by its SHA1. A RESP3 client's reads are kept
-// apart (their replies have other types), under a key that starts with "3".
-// Two reads share a key only if their parsed commands are identical.
-func (srv *Server) readKey(info *command.Info, args [][]byte, resp3 bool) string {
-	prefix := ""
+// appendReadKey appends to dst the name of a read for the cache: the
+// command and its arguments, with a script's body replaced by its SHA1. A
+// RESP3 client's reads are kept apart (their replies have other types),
+// under a name that starts with "3". Two reads share a name only if their
+// parsed commands are identical.
+func (srv *Server) appendReadKey(dst []byte, info *command.Info, args [][]byte, resp3 bool) []byte {
 	if resp3 {
-		prefix = "3"
+		dst = append(dst, '3')
 	}
 	if isScript(info.Name) {
-		norm := append([][]byte{[]byte(prefix + strings.TrimSuffix(strings.TrimSuffix(info.Name, "_ro"), "sha")), []byte(srv.scriptSHA(info.Name, args))}, args[2:]...)
-		return string(resp.AppendCommand(nil, norm...))
+		name := strings.TrimSuffix(strings.TrimSuffix(info.Name, "_ro"), "sha")
+		norm := append([][]byte{[]byte(name), []byte(srv.scriptSHA(info.Name, args))}, args[2:]...)
+		return resp.AppendCommand(dst, norm...)
 	}
-	// One allocation: the builder is sized first and String does not copy.
-	n := len(prefix) + len(info.Name) + 1
+	dst = append(dst, info.Name...)
+	dst = append(dst, 0)
 	for _, a := range args[1:] {
-		n += len(a) + 12
+		dst = strconv.AppendInt(dst, int64(len(a)), 10)
+		dst = append(dst, ':')
+		dst = append(dst, a...)
 	}
-	var b strings.Builder
-	b.Grow(n)
-	b.WriteString(prefix)
-	b.WriteString(info.Name)
-	b.WriteByte(0)
-	var digits [20]byte
-	for _, a := range args[1:] {
-		b.Write(strconv.AppendInt(digits[:0], int64(len(a)), 10))
-		b.WriteByte(':')
-		b.Write(a)
-	}
-	return b.String()
+	return dst
 }
 
 // tryCache answers a read from the cache, or joins an identical read in
@@ -150,7 +143,8 @@ func (s *session) tryCache(r *request) bool {
 	if !s.srv.readOnlyCall(st, info, args) {
 		return false
 	}
-	keys, complete := keyStrings(info, args)
+	keys, complete := s.readKeys(info, args)
+	defer clear(s.keyArgs) // they point into the request, which may be huge
 	if !complete || len(keys) == 0 {
 		return false
 	}
@@ -162,7 +156,11 @@ func (s *session) tryCache(r *request) bool {
 	if rule != nil {
 		counters = s.srv.metrics.CacheRule(rule.Pattern) // a label from the configuration
 	}
-	hit, joined, lead := c.Lookup(s.db, s.srv.readKey(info, args, s.resp3()), keys, ttl, time.Now(), (*cacheReader)(r))
+	s.readKeyBuf = s.srv.appendReadKey(s.readKeyBuf[:0], info, args, s.resp3())
+	if cap(s.readKeyBuf) > maxKeptBuf {
+		defer func() { s.readKeyBuf = nil }()
+	}
+	hit, joined, lead := c.Lookup(s.db, s.readKeyBuf, keys, ttl, time.Now(), (*cacheReader)(r))
 	if lead != nil && ttl > 0 && s.srv.live().cacheGen != st.cacheGen {
 		// A reload changed the rules between the TTL and the lookup, and
 		// its Reset may have come before this flight: reset again, so the
@@ -221,8 +219,8 @@ type flightOwner struct {
 func (cr *cacheReader) CanJoin(owner any) bool {
 	r := (*request)(cr)
 	s := r.s
-	o, _ := owner.(flightOwner)
-	if o.conn == nil || s.upInFlight.Load() > 0 && (o.conn != s.sticky || o.conn != s.lastConn || o.seq < s.lastSeq) {
+	o, _ := owner.(*flightOwner)
+	if o == nil || o.conn == nil || s.upInFlight.Load() > 0 && (o.conn != s.sticky || o.conn != s.lastConn || o.seq < s.lastSeq) {
 		return false
 	}
 	r.route, r.upstream = routeJoined, true
@@ -240,7 +238,10 @@ func (cr *cacheReader) Lead() any {
 	r := (*request)(cr)
 	c := r.s.nextConn(r)
 	r.s.countUpstream(r, 1)
-	return flightOwner{conn: c, seq: c.Enqueued()}
+	// The owner lives in the leader, which outlives the flight's place in
+	// the cache (Finish comes first): no allocation.
+	r.owner = flightOwner{conn: c, seq: c.Enqueued()}
+	return &r.owner
 }
 
 // beginWrite tells the cache about a command that may write, before it is

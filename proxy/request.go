@@ -34,6 +34,7 @@ type request struct {
 	reply []byte       // the reply, in storage of r's own
 	view  []byte       // or a reply r does not own: a cache entry's
 	share *sharedReply // or one shared with the readers that joined r's read
+	owner flightOwner  // where the read r leads went (see cacheReader.Lead)
 	err   error
 
 	// upstream marks a request that counts in its session's in-flight total
@@ -197,15 +198,29 @@ type sharedReply struct {
 	mem  *memoryBudget
 }
 
+// sharedReplies recycles shared replies: a joined read allocates nothing.
+var sharedReplies = sync.Pool{New: func() any { return new(sharedReply) }}
+
 func newSharedReply(b []byte, mem *memoryBudget) *sharedReply {
-	sr := &sharedReply{b: bytes.Clone(b), mem: mem}
+	sr := sharedReplies.Get().(*sharedReply)
+	sr.b, sr.mem = append(sr.b[:0], b...), mem
 	mem.add(int64(len(sr.b)))
 	return sr
 }
 
+// release drops a reference; the last one recycles sr, so every holder
+// must be done reading sr.b when it releases.
 func (sr *sharedReply) release() {
-	if sr.refs.Add(-1) == 0 {
+	switch n := sr.refs.Add(-1); {
+	case n == 0:
 		sr.mem.add(-int64(len(sr.b)))
+		if cap(sr.b) > maxKeptBuf {
+			sr.b = nil
+		}
+		sr.mem = nil
+		sharedReplies.Put(sr)
+	case n < 0:
+		panic("funnel: shared reply released more often than it was held")
 	}
 }
 
@@ -228,6 +243,7 @@ func (r *request) CompleteBatched(reply []byte, err error, batch *pool.Batch) {
 func (r *request) complete(reply []byte, err error, batch *pool.Batch) {
 	s := r.s
 	defer s.srv.recoverPanic(s)
+	flight := r.flight
 	joiners, share := r.finish(reply, err, nil)
 	s.out.ready(batch) // r may be recycled from here on
 	for _, j := range joiners {
@@ -238,6 +254,9 @@ func (r *request) complete(reply []byte, err error, batch *pool.Batch) {
 			jr.finish(reply, err, share)
 			js.out.ready(batch)
 		}()
+	}
+	if flight != nil {
+		s.srv.cache.Recycle(flight)
 	}
 }
 
@@ -287,8 +306,9 @@ func (r *request) finish(reply []byte, err error, share *sharedReply) (joiners [
 		reply = r.adjusted(reply)
 		switch {
 		case s.isDead():
-			// Nobody will read it: drop it as it arrives.
-			if share != nil {
+			// Nobody will read it: drop it as it arrives. A joiner drops
+			// its reference; a leader took none.
+			if share != nil && r.flight == nil {
 				share.release()
 			}
 			if r.undelivered != nil {

@@ -88,6 +88,8 @@ type session struct {
 	// keyPos and keyArgs are scratch for the cache, reused per command.
 	keyPos  []int
 	keyArgs [][]byte
+	// readKeyBuf is scratch for the cache's name of a read.
+	readKeyBuf []byte
 	// blocking is the client's blocking command waiting for a lane
 	// connection or blocked upstream, for CLIENT UNBLOCK; guarded by mu.
 	blocking *blockingWait
@@ -315,15 +317,16 @@ func (s *session) awaitMemory() error { return s.srv.mem.wait(s.dead) }
 // more for now, the session must wait for memory, a protocol error gets
 // Redis's reply and closes, anything else is the client leaving.
 func (s *session) readFailed(err error) {
-	var pe *resp.ProtocolError
-	switch {
-	case errors.Is(err, errWouldBlock):
+	if err == errWouldBlock { // the common case, first: errors.As would allocate
 		s.reader.ReleaseIdle()
+		return
+	}
+	switch {
 	case errors.Is(err, errMemoryFull):
 		s.pause(s.awaitMemory)
-	case errors.As(err, &pe):
+	case isProtocolError(err):
 		s.srv.countError(errClientProtocol)
-		s.queueFinal(resp.AppendError(nil, "ERR "+pe.Error()), closedProtocol)
+		s.queueFinal(resp.AppendError(nil, "ERR "+err.Error()), closedProtocol)
 		s.startSinking()
 	case errors.Is(err, errMemory):
 		s.queueFinal(resp.AppendError(nil, "ERR "+err.Error()), closedMemory)
@@ -336,6 +339,11 @@ func (s *session) readFailed(err error) {
 		// still due included, and unblock its blocking command.
 		s.kill(closedByClient)
 	}
+}
+
+func isProtocolError(err error) bool {
+	var pe *resp.ProtocolError
+	return errors.As(err, &pe)
 }
 
 // drainReading is Shutdown's request: read no new command, and close once

@@ -334,12 +334,12 @@ func TestPutBackIsPending(t *testing.T) {
 	sw := &sharedWait{hub: f.Server.waits, key: waitKey{pool: f.Pool}, args: [][]byte{[]byte("BLPOP"), []byte("q:a"), []byte("1")}}
 	sw.restore([]byte("*2\r\n$3\r\nq:a\r\n$1\r\nx\r\n"))
 	c := f.Server.cache
-	_, _, lead := c.Lookup(0, "llen|q:a", []string{"q:a"}, time.Minute, time.Now(), nil)
+	_, _, lead := c.Lookup(0, []byte("llen|q:a"), [][]byte{[]byte("q:a")}, time.Minute, time.Now(), nil)
 	if lead == nil {
 		t.Fatal("no flight to lead")
 	}
 	c.Finish(lead, []byte(":0\r\n"), nil)
-	if hit, _, _ := c.Lookup(0, "llen|q:a", []string{"q:a"}, time.Minute, time.Now(), nil); hit != nil {
+	if hit, _, _ := c.Lookup(0, []byte("llen|q:a"), [][]byte{[]byte("q:a")}, time.Minute, time.Now(), nil); hit != nil {
 		t.Fatalf("a read during the put-back filled the cache: %q", hit)
 	}
 	f.Redis.Do("CLIENT", "UNPAUSE")
