@@ -207,7 +207,7 @@ const (
 // to read, or a hang-up.
 func (s *session) ready(events uint32) {
 	defer s.srv.recoverPanic(s)
-	hangup := events&(unix.EPOLLERR|unix.EPOLLHUP) != 0
+	hangup := events&(unix.EPOLLERR|unix.EPOLLHUP|unix.EPOLLRDHUP) != 0
 	if events&unix.EPOLLOUT != 0 || hangup {
 		s.out.writable()
 	}
@@ -220,8 +220,9 @@ func (s *session) ready(events uint32) {
 	case readSinking:
 		s.sink()
 	default:
-		// Not reading: only a hang-up or an error is reported, and it
-		// would be again and again. The client is gone.
+		// Not reading: only a hang-up or an error is reported (and would
+		// be again and again). The client is gone: as when it hangs up
+		// while read, its replies are dropped.
 		s.kill(closedByClient)
 	}
 }

@@ -77,10 +77,12 @@ func (c *clientSocket) register() error {
 	return unix.EpollCtl(c.loop.epfd, unix.EPOLL_CTL_ADD, c.fd, &ev)
 }
 
+// events is the watch: commands while reading; else only the client's
+// hang-up (a paused or draining client that leaves is noticed at once).
 func (c *clientSocket) events() uint32 {
-	var e uint32
+	e := uint32(unix.EPOLLRDHUP)
 	if c.reading {
-		e |= unix.EPOLLIN
+		e = unix.EPOLLIN
 	}
 	if c.writing {
 		e |= unix.EPOLLOUT

@@ -1,0 +1,199 @@
+package proxy
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/funnel-proxy/funnel/pool"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// TestIdleClientsCostNoGoroutineNorBuffer opens 300 clients that each send
+// one command and go quiet: funnel starts no goroutine for them and holds
+// no read or write buffer, and each is still served when it speaks again.
+func TestIdleClientsCostNoGoroutineNorBuffer(t *testing.T) {
+	f := startFunnel(t, Options{}, pool.Options{})
+	dialRaw(t, f.Addr).do("PING") // the loop and the pool are up
+	before := runtime.NumGoroutine()
+	const n = 300
+	conns := make([]*rawConn, n)
+	for i := range conns {
+		conns[i] = dialRaw(t, f.Addr)
+		if got := conns[i].do("SET", fmt.Sprint("idle:", i), "v"); got != "+OK\r\n" {
+			t.Fatalf("SET: %q", got)
+		}
+	}
+	waitUntil(t, 5*time.Second, "every client's session", func() bool { return f.Server.sessionCount() == n+1 })
+	// Goroutines that end on their own (a pool writer's flush, timers)
+	// may come and go; a goroutine per client would add 300.
+	if extra := runtime.NumGoroutine() - before; extra > 30 {
+		t.Fatalf("%d more goroutines for %d idle clients", extra, n)
+	}
+	for _, s := range f.Server.sessionsSnapshot() {
+		s.out.mu.Lock()
+		outCap := cap(s.out.buf)
+		s.out.mu.Unlock()
+		if s.reader.Size() != 0 || outCap > 64 {
+			t.Fatalf("idle client %d holds a %d-byte read buffer and a %d-byte write buffer", s.id, s.reader.Size(), outCap)
+		}
+	}
+	for i, c := range conns {
+		if got := c.do("GET", fmt.Sprint("idle:", i)); got != "$1\r\nv\r\n" {
+			t.Fatalf("GET after idling: %q", got)
+		}
+	}
+}
+
+// TestPipelinePausesAndResumes sends far more commands at once than
+// MaxPipeline lets funnel hold: reading pauses and resumes, and every reply
+// comes, in order.
+func TestPipelinePausesAndResumes(t *testing.T) {
+	f := startFunnel(t, Options{MaxPipeline: 8}, pool.Options{})
+	c := dialRaw(t, f.Addr)
+	const n = 2000
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, "*2\r\n$4\r\nECHO\r\n$%d\r\n%d\r\n", len(fmt.Sprint(i)), i)
+	}
+	go func() { _, _ = c.conn.Write([]byte(b.String())) }()
+	for i := range n {
+		want := fmt.Sprintf("$%d\r\n%d\r\n", len(fmt.Sprint(i)), i)
+		if got := c.reply(); got != want {
+			t.Fatalf("reply %d: %q, want %q", i, got, want)
+		}
+	}
+}
+
+// TestHangupWhilePausedIsNoticed: a client whose reading is paused (its
+// queue is full behind a blocked BLPOP) and that hangs up is dropped at
+// once, and its BLPOP ends upstream: it pops nothing later.
+func TestHangupWhilePausedIsNoticed(t *testing.T) {
+	f := startFunnel(t, Options{MaxPipeline: 4}, pool.Options{})
+	c := dialRaw(t, f.Addr)
+	var b strings.Builder
+	b.WriteString("*3\r\n$5\r\nBLPOP\r\n$8\r\npaused:q\r\n$2\r\n30\r\n")
+	for range 20 {
+		b.WriteString("*1\r\n$4\r\nPING\r\n")
+	}
+	c.write([]byte(b.String()))
+	waitUntil(t, 5*time.Second, "the BLPOP to block", func() bool { return f.Server.blockedClients.Load() == 1 })
+	c.conn.Close()
+	waitUntil(t, 5*time.Second, "the paused client to be dropped", func() bool {
+		return f.Server.sessionCount() == 0 && f.Server.blockedClients.Load() == 0
+	})
+	// Its BLPOP is gone upstream: a push stays in the list.
+	time.Sleep(100 * time.Millisecond)
+	other := dialRaw(t, f.Addr)
+	other.do("RPUSH", "paused:q", "x")
+	time.Sleep(100 * time.Millisecond)
+	if got := other.do("LLEN", "paused:q"); got != ":1\r\n" {
+		t.Fatalf("LLEN after the departed BLPOP: %q", got)
+	}
+}
+
+// TestWriteTimeoutClosesOnlyTheStalledClient: a client that stops reading
+// while big replies are due is closed once its socket took nothing for
+// the write timeout; another client is served throughout.
+func TestWriteTimeoutClosesOnlyTheStalledClient(t *testing.T) {
+	f := startFunnel(t, Options{ClientWriteTimeout: 300 * time.Millisecond}, pool.Options{})
+	if got := dialRaw(t, f.Addr).do("SET", "big", strings.Repeat("x", 1<<20)); got != "+OK\r\n" {
+		t.Fatal(got)
+	}
+	stalled := dialRaw(t, f.Addr)
+	var b strings.Builder
+	for range 32 {
+		b.WriteString("*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n")
+	}
+	stalled.write([]byte(b.String())) // 32 MiB due; it never reads
+	canary := dialRaw(t, f.Addr)
+	closed := func() bool {
+		return testutil.ToFloat64(f.Metrics.ClientsClosed.WithLabelValues("write_timeout")) == 1
+	}
+	start := time.Now()
+	for !closed() {
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("the stalled client was never closed")
+		}
+		if got := canary.do("PING"); got != "+PONG\r\n" {
+			t.Fatalf("canary: %q", got)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if d := time.Since(start); d < 300*time.Millisecond {
+		t.Fatalf("closed after %v, before the write timeout", d)
+	}
+}
+
+// TestChurnNeverCrossesReplies has clients come and go as fast as they
+// can, many leaving mid-pipeline without reading, so socket descriptors
+// are reused while replies for their old owners are still due: every
+// client that reads gets exactly its own replies, in order.
+func TestChurnNeverCrossesReplies(t *testing.T) {
+	f := startFunnel(t, Options{}, pool.Options{})
+	deadline := time.Now().Add(2 * time.Second)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 1))
+			for i := 0; time.Now().Before(deadline); i++ {
+				if err := churnOnce(f.Addr, fmt.Sprintf("churn:%d:%d", w, i), rng); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	waitUntil(t, 5*time.Second, "every session to end", func() bool { return f.Server.sessionCount() == 0 })
+}
+
+// churnOnce is one client: it sets its own key, then pipelines GETs of it
+// and ECHOes of its name, and either leaves at once or checks every reply.
+func churnOnce(addr, name string, rng *rand.Rand) error {
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	n := 1 + rng.IntN(20)
+	var b strings.Builder
+	fmt.Fprintf(&b, "*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", len(name), name, len(name), name)
+	for range n {
+		fmt.Fprintf(&b, "*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n", len(name), name)
+		fmt.Fprintf(&b, "*2\r\n$4\r\nECHO\r\n$%d\r\n%s\r\n", len(name), name)
+	}
+	if _, err := c.Write([]byte(b.String())); err != nil {
+		return err
+	}
+	if rng.IntN(2) == 0 {
+		return nil // leaves with its replies due
+	}
+	rd := bufio.NewReader(c)
+	if line, err := rd.ReadString('\n'); err != nil || line != "+OK\r\n" {
+		return fmt.Errorf("%s: SET reply %q, %v", name, line, err)
+	}
+	want := fmt.Sprintf("$%d\r\n%s\r\n", len(name), name)
+	for i := range 2 * n {
+		got := make([]byte, len(want))
+		if _, err := io.ReadFull(rd, got); err != nil || string(got) != want {
+			return fmt.Errorf("%s: reply %d is %q (%v), want %q", name, i, got, err, want)
+		}
+	}
+	return nil
+}
