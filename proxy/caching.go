@@ -318,7 +318,9 @@ func (s *session) beginWrite(r *request, info *command.Info, args [][]byte) {
 	if len(s.keyArgs) == 0 && len(pos) > 0 {
 		return
 	}
-	expires := writeExpiry(info.Name, args, time.Now())
+	// The read's time, not now: Redis runs the write later, so the
+	// expiry worked out is never later than the real one.
+	expires := writeExpiry(info.Name, args, r.start)
 	if (info.Name == "rename" || info.Name == "renamenx" || info.Name == "copy") && len(args) > 1 {
 		expires = c.KnownExpiry(s.db, args[1]) // the destination takes the source's expiry
 	}

@@ -111,8 +111,8 @@ func (o *output) pop(r *request) {
 }
 
 // ready is called after a request completed: it sends what is ready now,
-// or, with a batch, moves it to the buffer and leaves the write to the
-// batch's flush.
+// or, with a batch, leaves that to the batch's flush, so the replies one
+// upstream read brings a client cost one drain and one write.
 //
 // While the session's reader is in a batch (see session.batching), nothing
 // is written: the reader writes once at the batch's end.
@@ -121,7 +121,6 @@ func (o *output) ready(batch *pool.Batch) {
 		o.kick(!o.s.batching.Load())
 		return
 	}
-	o.kick(false)
 	batch.Add(o)
 }
 
