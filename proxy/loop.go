@@ -46,6 +46,9 @@ type loop struct {
 	mu    sync.Mutex
 	tasks []loopTask
 	spare []loopTask
+	// failed is set, under mu, once the loop cannot go on: tasks are then
+	// carried out by whoever posts them, so every session still ends.
+	failed bool
 	// woken is set while a wake-up is on its way, so a burst of tasks
 	// costs one eventfd write.
 	woken atomic.Bool
@@ -148,6 +151,11 @@ func (l *loop) pass(uintptr) bool {
 // post hands t to the loop.
 func (l *loop) post(t loopTask) {
 	l.mu.Lock()
+	if l.failed {
+		l.mu.Unlock()
+		l.failedTask(t)
+		return
+	}
 	l.tasks = append(l.tasks, t)
 	l.mu.Unlock()
 	if !l.woken.Swap(true) {
@@ -221,22 +229,41 @@ func (l *loop) close(s *session) {
 	}
 }
 
-// failAll closes every client of a loop that cannot go on.
-func (l *loop) failAll() {
-	for _, s := range l.clients {
-		if s != nil {
-			s.kill(closedEventLoop)
-			l.remove(s)
-		}
-	}
+func (l *loop) hasFailed() bool {
 	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.failed
+}
+
+// failAll closes every client of a loop that cannot go on, and has the
+// tasks posted from now on carried out by their posters.
+func (l *loop) failAll() {
+	l.mu.Lock()
+	l.failed = true
 	tasks := l.tasks
 	l.tasks = nil
 	l.mu.Unlock()
-	for _, t := range tasks {
-		if t.kind == addClient || t.kind == closeClient {
-			t.s.kill(closedEventLoop)
-			l.close(t.s)
+	for _, s := range l.clients {
+		if s != nil {
+			s.kill(closedEventLoop)
+			l.close(s)
 		}
+	}
+	clear(l.clients)
+	for _, t := range tasks {
+		l.failedTask(t)
+	}
+}
+
+// failedTask is what a task comes to once the loop failed: a new client is
+// closed, a dead one's socket closed; nothing is read any more. sock.close
+// makes closing twice harmless.
+func (l *loop) failedTask(t loopTask) {
+	switch t.kind {
+	case addClient:
+		t.s.kill(closedEventLoop)
+		l.close(t.s)
+	case closeClient:
+		l.close(t.s)
 	}
 }

@@ -203,3 +203,45 @@ func churnOnce(addr, name string, rng *rand.Rand) error {
 	}
 	return nil
 }
+
+// TestLoopFailureClosesOnlyItsClients breaks one event loop (its epoll set
+// is closed under it): its clients are closed with the event_loop reason,
+// the other loops' clients are served on, new clients get a fresh loop,
+// and shutdown still ends (the test's cleanup).
+func TestLoopFailureClosesOnlyItsClients(t *testing.T) {
+	f := startFunnel(t, Options{}, pool.Options{})
+	conns := make([]*rawConn, 4) // spread over the loops, round robin
+	for i := range conns {
+		conns[i] = dialRaw(t, f.Addr)
+		conns[i].do("PING")
+	}
+	f.Server.mu.Lock()
+	broken := f.Server.loops[0]
+	f.Server.mu.Unlock()
+	onBroken := 0
+	for _, s := range f.Server.sessionsSnapshot() {
+		if s.sock.loop == broken {
+			onBroken++
+		}
+	}
+	broken.file.Close()
+	waitUntil(t, 5*time.Second, "the broken loop's clients to be closed", func() bool {
+		return testutil.ToFloat64(f.Metrics.ClientsClosed.WithLabelValues("event_loop")) == float64(onBroken) &&
+			f.Server.sessionCount() == len(conns)-onBroken
+	})
+	served := 0
+	for _, c := range conns {
+		_, _ = c.conn.Write([]byte("*1\r\n$4\r\nPING\r\n"))
+		if got, err := c.tryReply(5 * time.Second); err == nil && got == "+PONG\r\n" {
+			served++
+		}
+	}
+	if served != len(conns)-onBroken {
+		t.Fatalf("%d clients served after a loop with %d of %d broke", served, onBroken, len(conns))
+	}
+	for range 4 {
+		if got := dialRaw(t, f.Addr).do("PING"); got != "+PONG\r\n" {
+			t.Fatalf("new client: %q", got)
+		}
+	}
+}

@@ -305,9 +305,18 @@ func (srv *Server) loopLocked() (*loop, error) {
 			go l.run()
 		}
 	}
-	l := srv.loops[srv.nextLoop%len(srv.loops)]
+	i := srv.nextLoop % len(srv.loops)
 	srv.nextLoop++
-	return l, nil
+	if srv.loops[i].hasFailed() {
+		// Its clients were closed; new ones get a fresh loop.
+		fresh, err := newLoop(srv)
+		if err != nil {
+			return nil, err
+		}
+		srv.loops[i] = fresh
+		go fresh.run()
+	}
+	return srv.loops[i], nil
 }
 
 // stopLoopsLocked ends the loops once no client is left. srv.mu is held.

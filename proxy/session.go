@@ -2,8 +2,6 @@ package proxy
 
 import (
 	"context"
-	"errors"
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -11,7 +9,6 @@ import (
 
 	"github.com/funnel-proxy/funnel/pool"
 	"github.com/funnel-proxy/funnel/resp"
-	"golang.org/x/sys/unix"
 )
 
 // session is one client connection. Its loop (loop.go) reads and parses
@@ -193,178 +190,6 @@ func (s *session) finish() {
 	s.srv.metrics.ClientConnections.Dec()
 }
 
-// readState is where reading a client stands.
-type readState uint8
-
-const (
-	readingCommands readState = iota // reading and dispatching its commands
-	readPaused                       // waiting for room or memory; a resumeClient task goes on
-	readSinking                      // after QUIT or a protocol error: reading only to notice a hang-up
-	readStopped                      // shutdown: reading nothing more, waiting for the last reply
-)
-
-// ready handles what the loop saw on the socket: room to write, commands
-// to read, or a hang-up.
-func (s *session) ready(events uint32) {
-	defer s.srv.recoverPanic(s)
-	hangup := events&(unix.EPOLLERR|unix.EPOLLHUP|unix.EPOLLRDHUP) != 0
-	if events&unix.EPOLLOUT != 0 || hangup {
-		s.out.writable()
-	}
-	if events&unix.EPOLLIN == 0 && !hangup {
-		return
-	}
-	switch s.rs {
-	case readingCommands:
-		s.readCommands()
-	case readSinking:
-		s.sink()
-	default:
-		// Not reading: only a hang-up or an error is reported (and would
-		// be again and again). The client is gone: as when it hangs up
-		// while read, its replies are dropped.
-		s.kill(closedByClient)
-	}
-}
-
-// readCommands reads the socket once and inputs every command complete in
-// the buffer, until it needs more bytes, the session must wait (room,
-// memory), or reading ends (QUIT, a protocol error, the client leaving,
-// shutdown).
-func (s *session) readCommands() {
-	s.sock.reads = 1
-	for !s.isDead() {
-		if s.draining.Load() {
-			s.stopReading()
-			return
-		}
-		if int(s.out.queued.Load()) >= s.srv.opts.MaxPipeline {
-			s.endBatch()
-			s.pause(s.awaitRoom)
-			return
-		}
-		cmd, err := s.reader.Read()
-		if err != nil {
-			s.endBatch()
-			s.readFailed(err)
-			return
-		}
-		s.batching.Store(true)
-		last := s.input(cmd)
-		if last || s.reader.Buffered() == 0 {
-			s.endBatch()
-		}
-		if last {
-			s.startSinking()
-			return
-		}
-	}
-}
-
-// endBatch ends the batch of commands one read brought (see batching): it
-// writes the replies that waited for it. The reader calls it before each
-// read.
-func (s *session) endBatch() {
-	if s.batching.Swap(false) {
-		s.out.kick(true)
-	}
-}
-
-// pause stops reading the client while wait runs on a goroutine of its
-// own; then the loop goes on (resume).
-func (s *session) pause(wait func() error) {
-	s.rs = readPaused
-	s.sock.setReading(false)
-	s.srv.wg.Add(1)
-	go func() {
-		defer s.srv.wg.Done()
-		err := wait()
-		s.sock.loop.post(loopTask{kind: resumeClient, s: s, err: err})
-	}()
-}
-
-// resume goes on reading after a pause; err is why the wait failed.
-func (s *session) resume(err error) {
-	if s.rs != readPaused || s.isDead() {
-		return
-	}
-	s.rs = readingCommands
-	if err != nil {
-		s.readFailed(err)
-		return
-	}
-	s.sock.setReading(true)
-	s.readCommands()
-}
-
-// awaitRoom waits, as backpressure, until the client's queue of commands
-// without replies has room again, or the session dies.
-func (s *session) awaitRoom() error {
-	for int(s.out.queued.Load()) >= s.srv.opts.MaxPipeline {
-		select {
-		case <-s.room:
-		case <-s.dead:
-			return nil
-		}
-	}
-	return nil
-}
-
-// awaitMemory waits, as backpressure, until funnel is under its memory
-// limit again; errMemory after memoryWait.
-func (s *session) awaitMemory() error { return s.srv.mem.wait(s.dead) }
-
-// readFailed handles a read that returned no command: the socket has no
-// more for now, the session must wait for memory, a protocol error gets
-// Redis's reply and closes, anything else is the client leaving.
-func (s *session) readFailed(err error) {
-	if err == errWouldBlock { // the common case, first: errors.As would allocate
-		s.reader.ReleaseIdle()
-		return
-	}
-	switch {
-	case errors.Is(err, errMemoryFull):
-		s.pause(s.awaitMemory)
-	case isProtocolError(err):
-		s.srv.countError(errClientProtocol)
-		s.queueFinal(resp.AppendError(nil, "ERR "+err.Error()), closedProtocol)
-		s.startSinking()
-	case errors.Is(err, errMemory):
-		s.queueFinal(resp.AppendError(nil, "ERR "+err.Error()), closedMemory)
-		s.startSinking()
-	default:
-		if !errors.Is(err, io.EOF) {
-			s.srv.log.Debug("client read", "id", s.id, "err", err)
-		}
-		// As Redis does when a client hangs up: drop it at once, replies
-		// still due included, and unblock its blocking command.
-		s.kill(closedByClient)
-	}
-}
-
-func isProtocolError(err error) bool {
-	var pe *resp.ProtocolError
-	return errors.As(err, &pe)
-}
-
-// drainReading is Shutdown's request: read no new command, and close once
-// every reply to what was read is written. A paused session does so when
-// it resumes.
-func (s *session) drainReading() {
-	switch s.rs {
-	case readingCommands:
-		s.stopReading()
-	case readSinking:
-		s.out.drainThenClose()
-	}
-}
-
-func (s *session) stopReading() {
-	s.rs = readStopped
-	s.sock.setReading(false)
-	s.out.drainThenClose()
-}
-
 // queueFinal queues a reply funnel made after everything before it, and
 // closes the client once it is written.
 func (s *session) queueFinal(reply []byte, reason closeReason) {
@@ -372,25 +197,6 @@ func (s *session) queueFinal(reply []byte, reason closeReason) {
 	r.closeAfter = reason
 	if s.out.push(r) {
 		r.completeLocal(reply)
-	}
-}
-
-// startSinking follows QUIT or a protocol error: like Redis, funnel reads
-// no further command, but it still watches the socket, so a client that
-// hangs up while its QUIT waits behind a blocked command is noticed. The
-// output closes the connection after the last reply.
-func (s *session) startSinking() {
-	s.rs = readSinking
-	s.reader.Close() // what was sent after the last command is never read
-	s.sock.setReading(true)
-}
-
-// sink reads and drops what a client sends after its last command; at its
-// hang-up, the client is gone.
-func (s *session) sink() {
-	var sink [4096]byte
-	if _, err := s.sock.read(sink[:]); err != nil && !errors.Is(err, errWouldBlock) {
-		s.kill(closedByClient)
 	}
 }
 
