@@ -51,15 +51,8 @@ left() { local l=$((deadline - SECONDS)); [ "$l" -gt 0 ] && echo "$l" || echo 0;
 # cap SECONDS: SECONDS, or what is left if less; never 0 (timeout 0 would mean no limit).
 cap() { local l; l=$(left); [ "$l" -ge 1 ] || l=1; [ "$1" -lt "$l" ] && echo "$1" || echo "$l"; }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$dir"
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 trap 'echo "stopped: LIMIT=${LIMIT}s reached or signal" >&2; exit 124' TERM INT
 main=$$
 (

@@ -133,6 +133,11 @@ func (l *loop) pass(uintptr) bool {
 	if n <= 0 {
 		return l.stopped
 	}
+	if l.woken.Load() {
+		// Tasks first, whatever the order of the events: under a flood of
+		// events the wake-up's may come late, and closes and resumes wait.
+		l.runTasks()
+	}
 	for i := range n {
 		ev := l.events[i]
 		fd := int(ev.Fd)
@@ -223,9 +228,20 @@ func (l *loop) remove(s *session) {
 }
 
 func (l *loop) close(s *session) {
-	if s.sock.close(&s.out) {
-		s.reader.Close()
+	if !s.sock.close(&s.out) {
+		return
+	}
+	s.reader.Close()
+	// Cleaning up waits only for a resumer that is dispatching the
+	// session's commands; without one it is quick and runs here, so a
+	// thousand clients leaving at once do not start a thousand goroutines.
+	s.mu.Lock()
+	resuming := s.suspended
+	s.mu.Unlock()
+	if resuming {
 		go s.finish() // counted in srv.wg since accept
+	} else {
+		s.finish()
 	}
 }
 

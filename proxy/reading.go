@@ -157,7 +157,10 @@ func (s *session) readFailed(err error) {
 			s.srv.log.Debug("client read", "id", s.id, "err", err)
 		}
 		// As Redis does when a client hangs up: drop it at once, replies
-		// still due included, and unblock its blocking command.
+		// still due included, and unblock its blocking command. Its
+		// buffer goes back now, not when the loop gets to the close: a
+		// thousand clients leaving at once hold no thousand buffers.
+		s.reader.Close()
 		s.kill(closedByClient)
 	}
 }

@@ -153,11 +153,17 @@ func (r *RequestReader) SetBudget(b Budget) {
 // commands already returned produced.
 func (r *RequestReader) SetBeforeRead(f func()) { r.beforeRead = f }
 
-// Close returns the buffer's accounting to the budget.
+// Close returns the buffer's accounting to the budget, and the buffer to
+// the pool. The arguments of the last command returned are invalid after.
 func (r *RequestReader) Close() {
 	if r.budget != nil {
 		r.budget.Add(-int64(len(r.buf)))
 		r.budget = nil
+	}
+	if len(r.buf) == initialBuf {
+		// Back for the next reader: a client that leaves takes a buffer
+		// for the read that tells of its leaving.
+		idleBufs.Put((*[initialBuf]byte)(r.buf))
 	}
 	r.buf = nil
 }
