@@ -100,7 +100,12 @@ results="$dir/results"
 for t in "${targets[@]}"; do
   [ "$t" = direct ] && continue
   before=$(kib "${pid[$t]}" VmRSS)
-  "$dir/idle" -addr "127.0.0.1:${port[$t]}" -n "$IDLE" -hold 120s >"$dir/idle.$t" 2>&1 &
+  # idle holds its connections until its stdin closes: a FIFO held open
+  # here (a background job's stdin would be /dev/null, closed at once, and
+  # the RSS read would catch the clients leaving instead of idle).
+  mkfifo "$dir/hold.$t"
+  exec 9<>"$dir/hold.$t"
+  "$dir/idle" -addr "127.0.0.1:${port[$t]}" -n "$IDLE" -hold 120s <&9 >"$dir/idle.$t" 2>&1 &
   ip=$!
   for _ in $(seq 600); do grep -q ready "$dir/idle.$t" && break; kill -0 "$ip" 2>/dev/null || break; sleep 0.1; done
   sleep 1
@@ -109,6 +114,7 @@ for t in "${targets[@]}"; do
   else
     echo "idle clients against $t failed: $(tail -1 "$dir/idle.$t")" >&2
   fi
+  exec 9>&-
   kill "$ip" 2>/dev/null || true
   wait "$ip" 2>/dev/null || true
   sleep 1
