@@ -154,7 +154,7 @@ func (c *config) newFlagSet(out io.Writer) *pflag.FlagSet {
 	fs.IntVar(&c.cacheMaxValue, "cache-max-value", 1<<20, "largest reply that is cached, in bytes")
 	fs.Float64Var(&c.pricePer100k, "price-per-100k", 0.20, "what the upstream bills per 100,000 commands, in dollars, for the savings page's estimates (Upstash pay-as-you-go: 0.20)")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve Go profiles at /debug/pprof/ on the metrics address")
-	fs.IntVar(&c.procs, "procs", 1, "CPU cores funnel runs Go code on at once (GOMAXPROCS); 0 leaves Go's default, all cores, and GOMAXPROCS in the environment wins over the default")
+	fs.IntVar(&c.procs, "procs", 1, "CPU cores funnel runs Go code on at once (GOMAXPROCS), one client event loop each; 0 leaves Go's default, all cores, and GOMAXPROCS in the environment wins over the default")
 	fs.StringVar(&c.configFile, "config", "", "YAML file of settings keyed by flag name (pool-size: 10); flags and environment variables override it")
 	fs.VisitAll(func(f *pflag.Flag) {
 		f.Usage += " [$" + envName(f.Name) + "]"
