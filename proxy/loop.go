@@ -218,8 +218,8 @@ func (l *loop) add(s *session) {
 	// the set is level-triggered.
 }
 
-// remove forgets a dead session's socket, closes it, and starts the
-// session's cleanup, which may wait and so does not run here.
+// remove forgets a dead session's socket, closes it, and cleans the
+// session up (see close).
 func (l *loop) remove(s *session) {
 	if fd := s.sock.fd; fd < len(l.clients) && l.clients[fd] == s {
 		l.clients[fd] = nil

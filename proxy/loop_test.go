@@ -6,7 +6,9 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +17,7 @@ import (
 	"github.com/funnel-proxy/funnel/pool"
 	"github.com/funnel-proxy/funnel/resp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/sys/unix"
 )
 
 // TestIdleClientsCostNoGoroutineNorBuffer opens 300 clients that each send
@@ -244,4 +247,51 @@ func TestLoopFailureClosesOnlyItsClients(t *testing.T) {
 			t.Fatalf("new client: %q", got)
 		}
 	}
+}
+
+// TestWatchChangesNeverUndoEachOther toggles what the loop watches a
+// socket for from two goroutines at once, as the loop pausing a client and
+// a completer finding its socket full do: the kernel's watch always ends
+// as both asked (read back from /proc/self/fdinfo of the epoll set).
+func TestWatchChangesNeverUndoEachOther(t *testing.T) {
+	s, _ := outputPair(t, Options{})
+	waitUntil(t, 5*time.Second, "the socket in the loop's set", func() bool { return epollWatch(t, s) >= 0 })
+	for i := range 500 {
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { defer wg.Done(); s.sock.setReading(i%2 == 0) }()
+		go func() { defer wg.Done(); s.sock.setWriting(i%3 == 0) }()
+		wg.Wait()
+		want := int64(unix.EPOLLRDHUP)
+		if i%2 == 0 {
+			want = unix.EPOLLIN
+		}
+		if i%3 == 0 {
+			want |= unix.EPOLLOUT
+		}
+		if got := epollWatch(t, s); got != want {
+			t.Fatalf("round %d: the kernel watches %#x, the socket asked for %#x", i, got, want)
+		}
+	}
+}
+
+// epollWatch returns the events the loop's epoll set watches s's socket
+// for, without the error and hang-up bits the kernel always adds, or -1
+// if the socket is not in the set.
+func epollWatch(t *testing.T, s *session) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", s.sock.loop.epfd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 4 && f[0] == "tfd:" && f[1] == fmt.Sprint(s.sock.fd) && f[2] == "events:" {
+			v, err := strconv.ParseInt(f[3], 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return v &^ (unix.EPOLLERR | unix.EPOLLHUP)
+		}
+	}
+	return -1
 }

@@ -90,31 +90,34 @@ func (c *clientSocket) events() uint32 {
 	return e
 }
 
-// watch sets what the loop waits for on the socket. Hang-ups and errors
-// are always reported.
-func (c *clientSocket) watch(reading, writing bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed || c.reading == reading && c.writing == writing {
-		return
-	}
-	c.reading, c.writing = reading, writing
-	ev := unix.EpollEvent{Events: c.events(), Fd: int32(c.fd)}
-	_ = unix.EpollCtl(c.loop.epfd, unix.EPOLL_CTL_MOD, c.fd, &ev)
-}
-
+// setReading and setWriting change what the loop waits for on the socket,
+// each under mu with the other's state, so the loop pausing a client and a
+// completer finding its socket full never undo each other's change.
+// Hang-ups and errors are always reported.
 func (c *clientSocket) setReading(on bool) {
 	c.mu.Lock()
-	w := c.writing
-	c.mu.Unlock()
-	c.watch(on, w)
+	defer c.mu.Unlock()
+	if c.reading != on {
+		c.reading = on
+		c.modLocked()
+	}
 }
 
 func (c *clientSocket) setWriting(on bool) {
 	c.mu.Lock()
-	r := c.reading
-	c.mu.Unlock()
-	c.watch(r, on)
+	defer c.mu.Unlock()
+	if c.writing != on {
+		c.writing = on
+		c.modLocked()
+	}
+}
+
+func (c *clientSocket) modLocked() {
+	if c.closed {
+		return
+	}
+	ev := unix.EpollEvent{Events: c.events(), Fd: int32(c.fd)}
+	_ = unix.EpollCtl(c.loop.epfd, unix.EPOLL_CTL_MOD, c.fd, &ev)
 }
 
 // shutdown ends the connection both ways without closing the descriptor:
