@@ -14,8 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/funnel-proxy/funnel/internal/redistest"
+	"github.com/funnel-proxy/funnel/metrics"
 	"github.com/funnel-proxy/funnel/pool"
 	"github.com/funnel-proxy/funnel/resp"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
 )
@@ -294,4 +297,62 @@ func epollWatch(t *testing.T, s *session) int64 {
 		}
 	}
 	return -1
+}
+
+// pipeListener hands out in-memory pipes, which have no socket for a loop
+// to watch, before the real connections of its Listener.
+type pipeListener struct {
+	net.Listener
+	pipes   int
+	clients chan net.Conn
+}
+
+func (l *pipeListener) Accept() (net.Conn, error) {
+	if l.pipes > 0 {
+		l.pipes--
+		server, client := net.Pipe()
+		l.clients <- client
+		return server, nil
+	}
+	return l.Listener.Accept()
+}
+
+// TestUnwatchableConnectionsAreRefused serves a listener whose first
+// connections have no socket a loop could watch: each is closed and
+// counted (event_loop), accepting backs off instead of spinning, and the
+// next real client is served.
+func TestUnwatchableConnectionsAreRefused(t *testing.T) {
+	rs := redistest.Start(t)
+	up, err := pool.ParseURL("redis://"+rs.Addr, pool.TLSOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.New(prometheus.NewRegistry())
+	p := pool.New(up, pool.Options{Metrics: m})
+	srv := New(p, Options{Metrics: m})
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := &pipeListener{Listener: tcp, pipes: 3, clients: make(chan net.Conn, 3)}
+	served := make(chan struct{})
+	go func() { defer close(served); _ = srv.Serve(ln) }()
+	t.Cleanup(func() {
+		_ = srv.Shutdown(t.Context())
+		p.Close(t.Context())
+		<-served
+	})
+	for range 3 {
+		c := <-ln.clients
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Fatal("an unwatchable connection was answered")
+		}
+	}
+	if got := dialRaw(t, tcp.Addr().String()).do("PING"); got != "+PONG\r\n" {
+		t.Fatalf("PING after the refused ones: %q", got)
+	}
+	if n := testutil.ToFloat64(m.ClientsClosed.WithLabelValues("event_loop")); n != 3 {
+		t.Fatalf("%v refused connections counted, want 3", n)
+	}
 }

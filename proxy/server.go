@@ -222,27 +222,32 @@ func (srv *Server) Serve(ln net.Listener) error {
 	var delay time.Duration
 	for {
 		conn, err := ln.Accept()
-		if err != nil {
+		if err == nil {
+			err = srv.accept(conn)
+		} else {
 			srv.mu.Lock()
 			closing := srv.closing
 			srv.mu.Unlock()
 			if closing || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			// Out of file descriptors and the like: wait a little, as
-			// net/http does, rather than spin or give up.
+		}
+		if err != nil {
+			// Out of file descriptors and the like, for the accept or for
+			// the loop's copy of the socket: wait a little, as net/http
+			// does, rather than spin or give up.
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			srv.log.Warn("accept failed; retrying (raise the open files limit if this says too many open files)", "err", err, "retry_in", delay.String())
+			srv.log.Warn("accepting a client failed; retrying (raise the open files limit if this says too many open files)", "err", err, "retry_in", delay.String())
 			time.Sleep(delay)
 			continue
 		}
 		delay = 0
-		srv.accept(conn)
 	}
 }
 
 // accept starts a session for conn, or turns it away when funnel is full.
-func (srv *Server) accept(conn net.Conn) {
+// It returns an error when the session could not be made (conn is closed).
+func (srv *Server) accept(conn net.Conn) error {
 	srv.mu.Lock()
 	if srv.closing || len(srv.sessions) >= srv.opts.MaxClients {
 		closing := srv.closing
@@ -257,7 +262,7 @@ func (srv *Server) accept(conn net.Conn) {
 		}
 		srv.metrics.ClientsClosed.WithLabelValues(reason.String()).Inc()
 		conn.Close()
-		return
+		return nil
 	}
 	if tc, ok := conn.(*net.TCPConn); ok {
 		_ = tc.SetKeepAlive(true)
@@ -265,13 +270,13 @@ func (srv *Server) accept(conn net.Conn) {
 	_, err := srv.startSessionLocked(conn)
 	srv.mu.Unlock()
 	if err != nil {
-		srv.log.Error("client not served", "err", err)
 		srv.metrics.ClientsClosed.WithLabelValues(closedEventLoop.String()).Inc()
 		conn.Close()
-		return
+		return err
 	}
 	srv.metrics.ClientsAccepted.Inc()
 	srv.metrics.ClientConnections.Inc()
+	return nil
 }
 
 // startSessionLocked makes the session of conn and hands it to a loop.
