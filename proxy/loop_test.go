@@ -356,3 +356,86 @@ func TestUnwatchableConnectionsAreRefused(t *testing.T) {
 		t.Fatalf("%v refused connections counted, want 3", n)
 	}
 }
+
+// TestRandomClientsKeepTheirReplies runs clients with random pipelines
+// through a funnel with a tiny MaxPipeline (reading pauses and resumes all
+// the time), some with big replies they read slowly in small pieces (their
+// sockets fill and the loop watches them for room), some leaving mid-way:
+// every client that reads gets exactly its own replies, in order.
+func TestRandomClientsKeepTheirReplies(t *testing.T) {
+	f := startFunnel(t, Options{MaxPipeline: 16}, pool.Options{})
+	deadline := time.Now().Add(2 * time.Second)
+	var wg sync.WaitGroup
+	errs := make(chan error, 6)
+	for w := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			for i := 0; time.Now().Before(deadline); i++ {
+				if err := randomClient(f.Addr, fmt.Sprintf("rnd:%d:%d", w, i), rng); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	waitUntil(t, 5*time.Second, "every session to end", func() bool { return f.Server.sessionCount() == 0 })
+}
+
+// randomClient sets its key to a value of random size (up to 64 KiB),
+// pipelines up to 200 GETs and ECHOes at once, and then reads them all,
+// all at once or slowly in small pieces, or leaves after some.
+func randomClient(addr, name string, rng *rand.Rand) error {
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	value := strings.Repeat(name[len(name)-1:], 1+rng.IntN(64<<10))
+	n := 1 + rng.IntN(200)
+	var b strings.Builder
+	fmt.Fprintf(&b, "*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", len(name), name, len(value), value)
+	want := []string{"+OK\r\n"}
+	for j := range n {
+		if j%2 == 0 {
+			fmt.Fprintf(&b, "*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n", len(name), name)
+			want = append(want, fmt.Sprintf("$%d\r\n%s\r\n", len(value), value))
+		} else {
+			echo := fmt.Sprint(name, "#", j)
+			fmt.Fprintf(&b, "*2\r\n$4\r\nECHO\r\n$%d\r\n%s\r\n", len(echo), echo)
+			want = append(want, fmt.Sprintf("$%d\r\n%s\r\n", len(echo), echo))
+		}
+	}
+	go func() { _, _ = c.Write([]byte(b.String())) }()
+	leaveAfter, slow := len(want), rng.IntN(3) == 0
+	if rng.IntN(4) == 0 {
+		leaveAfter = rng.IntN(len(want))
+	}
+	rd := bufio.NewReaderSize(c, 512)
+	for i, w := range want[:leaveAfter] {
+		got := make([]byte, len(w))
+		for off := 0; off < len(got); {
+			end := len(got)
+			if slow {
+				end = min(off+1+rng.IntN(16<<10), len(got))
+				time.Sleep(time.Duration(rng.IntN(100)) * time.Microsecond)
+			}
+			m, err := io.ReadFull(rd, got[off:end])
+			if err != nil {
+				return fmt.Errorf("%s: reply %d of %d: %v after %d bytes", name, i, len(want), err, off+m)
+			}
+			off += m
+		}
+		if string(got) != w {
+			return fmt.Errorf("%s: reply %d is %q, want %q", name, i, short(string(got)), short(w))
+		}
+	}
+	return nil
+}
