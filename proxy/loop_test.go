@@ -31,11 +31,17 @@ func TestIdleClientsCostNoGoroutineNorBuffer(t *testing.T) {
 	dialRaw(t, f.Addr).do("PING") // the loop and the pool are up
 	before := runtime.NumGoroutine()
 	const n = 300
+	big := strings.Repeat("x", 10<<10)
 	conns := make([]*rawConn, n)
 	for i := range conns {
 		conns[i] = dialRaw(t, f.Addr)
 		if got := conns[i].do("SET", fmt.Sprint("idle:", i), "v"); got != "+OK\r\n" {
 			t.Fatalf("SET: %q", got)
+		}
+		if i%3 == 0 { // a reply of 10 KiB once: its buffer goes back too
+			if got := conns[i].do("ECHO", big); got != fmt.Sprintf("$%d\r\n%s\r\n", len(big), big) {
+				t.Fatalf("ECHO: %d bytes back", len(got))
+			}
 		}
 	}
 	waitUntil(t, 5*time.Second, "every client's session", func() bool { return f.Server.sessionCount() == n+1 })
@@ -53,7 +59,7 @@ func TestIdleClientsCostNoGoroutineNorBuffer(t *testing.T) {
 		s.out.mu.Lock()
 		outCap := cap(s.out.buf)
 		s.out.mu.Unlock()
-		if outCap > 64 {
+		if outCap > smallOutBuf {
 			t.Fatalf("idle client %d holds a %d-byte write buffer", s.id, outCap)
 		}
 	}

@@ -64,10 +64,13 @@ const (
 	// largeReply is the size from which a reply is written straight from
 	// its request rather than copied into the buffer.
 	largeReply = 256 << 10
-	// maxKeptOutBuf is the largest buffer kept once empty: enough for the
-	// small replies most clients get, without holding a burst's worth of
-	// memory for each of thousands of idle clients.
-	maxKeptOutBuf = 16 << 10
+	// outBufSize is the size of the pooled buffers replies are gathered
+	// in once they outgrow a small one.
+	outBufSize = 16 << 10
+	// smallOutBuf is the largest buffer a client keeps once its replies
+	// are written: enough for the small replies most clients get, which
+	// then cost no allocation, while an idle client holds next to nothing.
+	smallOutBuf = 512
 )
 
 func (o *output) init(s *session) { o.s = s }
@@ -175,6 +178,7 @@ func (o *output) drainLocked(flush bool) {
 					return
 				}
 			} else {
+				o.room(len(b))
 				o.buf = append(o.buf, b...)
 			}
 		} else if r.err != nil && !r.suppress {
@@ -201,6 +205,35 @@ func (o *output) drainLocked(flush bool) {
 	}
 	if flush || o.closeAfter != notClosed || o.closeWhenEmpty {
 		o.flushLocked()
+	}
+}
+
+// outBufs recycles the buffers of clients whose replies are written.
+var outBufs = sync.Pool{New: func() any { return new([outBufSize]byte) }}
+
+// room makes room in the buffer for n more bytes. Up to smallOutBuf the
+// buffer grows as append grows it, and is kept; past that it moves into a
+// pooled buffer, given back once written (releaseBuf); a batch larger
+// still grows as append grows it, and is dropped once written.
+func (o *output) room(n int) {
+	need := len(o.buf) + n
+	if need <= cap(o.buf) || need <= smallOutBuf || need > outBufSize || cap(o.buf) >= outBufSize {
+		return
+	}
+	nb := outBufs.Get().(*[outBufSize]byte)[:len(o.buf)]
+	copy(nb, o.buf)
+	o.buf = nb
+}
+
+// releaseBuf gives back the emptied buffer: a client keeps at most a small
+// one while it waits for its next command.
+func (o *output) releaseBuf() {
+	switch c := cap(o.buf); {
+	case c == outBufSize:
+		outBufs.Put((*[outBufSize]byte)(o.buf[:outBufSize]))
+		o.buf = nil
+	case c > smallOutBuf:
+		o.buf = nil
 	}
 }
 
@@ -234,9 +267,7 @@ func (o *output) flushLocked() bool {
 			o.stall()
 			return true
 		}
-		if cap(o.buf) > maxKeptOutBuf {
-			o.buf = nil
-		}
+		o.releaseBuf()
 	}
 	switch {
 	case o.closeAfter != notClosed:
@@ -327,6 +358,7 @@ func (o *output) pushDirect(raw []byte, batch *pool.Batch) bool {
 	}
 	// The buffer holds whole replies only, so the push lands between two.
 	n := len(o.buf)
+	o.room(len(raw))
 	o.buf = append(o.buf, raw...)
 	resp.AsPush(o.buf[n:])
 	batch.Add(o)
@@ -351,6 +383,8 @@ func (o *output) shutQueue() {
 	if o.stallTimer != nil {
 		o.stallTimer.Stop()
 	}
+	o.buf = o.buf[:0]
+	o.releaseBuf()
 	o.qmu.Lock()
 	o.shut = true
 	r := o.head
