@@ -142,7 +142,11 @@ func (l *loop) pass(uintptr) bool {
 		ev := l.events[i]
 		fd := int(ev.Fd)
 		if fd == l.wakefd {
-			l.runTasks()
+			// Already run at the pass's start unless posted since: the
+			// eventfd holds a count only while woken is set.
+			if l.woken.Load() {
+				l.runTasks()
+			}
 			continue
 		}
 		if fd >= len(l.clients) || l.clients[fd] == nil {

@@ -56,6 +56,9 @@ func (b *memoryBudget) reserve(n int64) {
 	}
 }
 
+// full reports whether what is held is over the limit.
+func (b *memoryBudget) full() bool { return b.used.Load() > b.limit }
+
 // roomFor reports whether n more bytes fit with what is held and reserved.
 func (b *memoryBudget) roomFor(n int64) bool {
 	return b.used.Load()+b.reserved.Load()+n <= b.limit
@@ -85,7 +88,7 @@ func (b *memoryBudget) freedChan() (ch <-chan struct{}, done func()) {
 // wait returns once usage is under the limit, or errMemory after memoryWait,
 // or nil at once when dead closes.
 func (b *memoryBudget) wait(dead <-chan struct{}) error {
-	if b.used.Load() <= b.limit {
+	if !b.full() {
 		return nil
 	}
 	b.metrics.MemoryWaits.Inc()
@@ -93,7 +96,7 @@ func (b *memoryBudget) wait(dead <-chan struct{}) error {
 	defer timer.Stop()
 	for {
 		freed, done := b.freedChan()
-		if b.used.Load() <= b.limit {
+		if !b.full() {
 			done()
 			return nil
 		}
@@ -124,7 +127,7 @@ func (rb readerBudget) Add(n int64) { rb.s.srv.mem.add(n) }
 // still served.
 func (rb readerBudget) Wait() error {
 	s := rb.s
-	if s.srv.mem.used.Load() <= s.srv.mem.limit ||
+	if !s.srv.mem.full() ||
 		s.pendingOut.Load()+s.upInFlight.Load()*s.avgReply.Load() < lightClient && s.reader.Size() <= resp.InitialBuffer {
 		return nil
 	}

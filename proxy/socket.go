@@ -94,25 +94,18 @@ func (c *clientSocket) events() uint32 {
 // each under mu with the other's state, so the loop pausing a client and a
 // completer finding its socket full never undo each other's change.
 // Hang-ups and errors are always reported.
-func (c *clientSocket) setReading(on bool) {
+func (c *clientSocket) setReading(on bool) { c.setWatch(&c.reading, on) }
+
+func (c *clientSocket) setWriting(on bool) { c.setWatch(&c.writing, on) }
+
+// setWatch sets one of reading and writing and tells the kernel.
+func (c *clientSocket) setWatch(flag *bool, on bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.reading != on {
-		c.reading = on
-		c.modLocked()
+	if *flag == on {
+		return
 	}
-}
-
-func (c *clientSocket) setWriting(on bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.writing != on {
-		c.writing = on
-		c.modLocked()
-	}
-}
-
-func (c *clientSocket) modLocked() {
+	*flag = on
 	if c.closed {
 		return
 	}
