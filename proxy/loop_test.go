@@ -71,17 +71,33 @@ func TestIdleClientsCostNoGoroutineNorBuffer(t *testing.T) {
 }
 
 // TestPipelinePausesAndResumes sends far more commands at once than
-// MaxPipeline lets funnel hold: reading pauses and resumes, and every reply
-// comes, in order.
+// MaxPipeline lets funnel hold, behind a BLPOP that holds their replies
+// back for a while: funnel holds exactly MaxPipeline of them (it pauses
+// reading, never holding more), resumes when the BLPOP ends, and every
+// reply comes, in order.
 func TestPipelinePausesAndResumes(t *testing.T) {
-	f := startFunnel(t, Options{MaxPipeline: 8}, pool.Options{})
+	const maxPipeline = 8
+	f := startFunnel(t, Options{MaxPipeline: maxPipeline}, pool.Options{})
 	c := dialRaw(t, f.Addr)
 	const n = 2000
 	var b strings.Builder
+	b.WriteString("*3\r\n$5\r\nBLPOP\r\n$7\r\npause:q\r\n$3\r\n0.3\r\n")
 	for i := range n {
 		fmt.Fprintf(&b, "*2\r\n$4\r\nECHO\r\n$%d\r\n%d\r\n", len(fmt.Sprint(i)), i)
 	}
 	go func() { _, _ = c.conn.Write([]byte(b.String())) }()
+	waitUntil(t, 5*time.Second, "the client's session", func() bool { return f.Server.sessionCount() == 1 })
+	s := f.Server.sessionsSnapshot()[0]
+	held := int32(0)
+	for start := time.Now(); time.Since(start) < 200*time.Millisecond; time.Sleep(time.Millisecond) {
+		held = max(held, s.out.queued.Load())
+	}
+	if held != maxPipeline {
+		t.Fatalf("funnel held up to %d commands of a client blocked behind a BLPOP, want MaxPipeline (%d)", held, maxPipeline)
+	}
+	if got := c.reply(); got != "*-1\r\n" {
+		t.Fatalf("BLPOP: %q", got)
+	}
 	for i := range n {
 		want := fmt.Sprintf("$%d\r\n%d\r\n", len(fmt.Sprint(i)), i)
 		if got := c.reply(); got != want {
@@ -156,64 +172,7 @@ func TestWriteTimeoutClosesOnlyTheStalledClient(t *testing.T) {
 // client that reads gets exactly its own replies, in order.
 func TestChurnNeverCrossesReplies(t *testing.T) {
 	f := startFunnel(t, Options{}, pool.Options{})
-	deadline := time.Now().Add(2 * time.Second)
-	var wg sync.WaitGroup
-	errs := make(chan error, 8)
-	for w := range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rng := rand.New(rand.NewPCG(uint64(w), 1))
-			for i := 0; time.Now().Before(deadline); i++ {
-				if err := churnOnce(f.Addr, fmt.Sprintf("churn:%d:%d", w, i), rng); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-	waitUntil(t, 5*time.Second, "every session to end", func() bool { return f.Server.sessionCount() == 0 })
-}
-
-// churnOnce is one client: it sets its own key, then pipelines GETs of it
-// and ECHOes of its name, and either leaves at once or checks every reply.
-func churnOnce(addr, name string, rng *rand.Rand) error {
-	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	n := 1 + rng.IntN(20)
-	var b strings.Builder
-	fmt.Fprintf(&b, "*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", len(name), name, len(name), name)
-	for range n {
-		fmt.Fprintf(&b, "*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n", len(name), name)
-		fmt.Fprintf(&b, "*2\r\n$4\r\nECHO\r\n$%d\r\n%s\r\n", len(name), name)
-	}
-	if _, err := c.Write([]byte(b.String())); err != nil {
-		return err
-	}
-	if rng.IntN(2) == 0 {
-		return nil // leaves with its replies due
-	}
-	rd := bufio.NewReader(c)
-	if line, err := rd.ReadString('\n'); err != nil || line != "+OK\r\n" {
-		return fmt.Errorf("%s: SET reply %q, %v", name, line, err)
-	}
-	want := fmt.Sprintf("$%d\r\n%s\r\n", len(name), name)
-	for i := range 2 * n {
-		got := make([]byte, len(want))
-		if _, err := io.ReadFull(rd, got); err != nil || string(got) != want {
-			return fmt.Errorf("%s: reply %d is %q (%v), want %q", name, i, got, err, want)
-		}
-	}
-	return nil
+	runRandomClients(t, f, 8, 2*time.Second, clientShape{maxValue: 16, maxCommands: 40, leaveOneIn: 2})
 }
 
 // TestLoopFailureClosesOnlyItsClients breaks one event loop (its epoll set
@@ -370,16 +329,31 @@ func TestUnwatchableConnectionsAreRefused(t *testing.T) {
 // every client that reads gets exactly its own replies, in order.
 func TestRandomClientsKeepTheirReplies(t *testing.T) {
 	f := startFunnel(t, Options{MaxPipeline: 16}, pool.Options{})
-	deadline := time.Now().Add(2 * time.Second)
+	runRandomClients(t, f, 6, 2*time.Second, clientShape{maxValue: 64 << 10, maxCommands: 200, leaveOneIn: 4, slowOneIn: 3})
+}
+
+// clientShape bounds what randomClient does: its value's size, how many
+// commands it pipelines, and one in how many clients leaves mid-way or
+// reads slowly (0: none).
+type clientShape struct {
+	maxValue, maxCommands int
+	leaveOneIn, slowOneIn int
+}
+
+// runRandomClients has workers run random clients one after another for d,
+// then checks that every session ended.
+func runRandomClients(t *testing.T, f *funnel, workers int, d time.Duration, shape clientShape) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	var wg sync.WaitGroup
-	errs := make(chan error, 6)
-	for w := range 6 {
+	errs := make(chan error, workers)
+	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(w), 7))
 			for i := 0; time.Now().Before(deadline); i++ {
-				if err := randomClient(f.Addr, fmt.Sprintf("rnd:%d:%d", w, i), rng); err != nil {
+				if err := randomClient(f.Addr, fmt.Sprintf("rnd:%d:%d", w, i), rng, shape); err != nil {
 					errs <- err
 					return
 				}
@@ -394,18 +368,18 @@ func TestRandomClientsKeepTheirReplies(t *testing.T) {
 	waitUntil(t, 5*time.Second, "every session to end", func() bool { return f.Server.sessionCount() == 0 })
 }
 
-// randomClient sets its key to a value of random size (up to 64 KiB),
-// pipelines up to 200 GETs and ECHOes at once, and then reads them all,
-// all at once or slowly in small pieces, or leaves after some.
-func randomClient(addr, name string, rng *rand.Rand) error {
+// randomClient sets its key to a value of random size, pipelines GETs and
+// ECHOes at once, and then reads them all, all at once or slowly in small
+// pieces, or leaves after some.
+func randomClient(addr, name string, rng *rand.Rand, shape clientShape) error {
 	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-	value := strings.Repeat(name[len(name)-1:], 1+rng.IntN(64<<10))
-	n := 1 + rng.IntN(200)
+	value := strings.Repeat(name[len(name)-1:], 1+rng.IntN(shape.maxValue))
+	n := 1 + rng.IntN(shape.maxCommands)
 	var b strings.Builder
 	fmt.Fprintf(&b, "*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", len(name), name, len(value), value)
 	want := []string{"+OK\r\n"}
@@ -420,10 +394,11 @@ func randomClient(addr, name string, rng *rand.Rand) error {
 		}
 	}
 	go func() { _, _ = c.Write([]byte(b.String())) }()
-	leaveAfter, slow := len(want), rng.IntN(3) == 0
-	if rng.IntN(4) == 0 {
+	leaveAfter := len(want)
+	if shape.leaveOneIn > 0 && rng.IntN(shape.leaveOneIn) == 0 {
 		leaveAfter = rng.IntN(len(want))
 	}
+	slow := shape.slowOneIn > 0 && rng.IntN(shape.slowOneIn) == 0
 	rd := bufio.NewReaderSize(c, 512)
 	for i, w := range want[:leaveAfter] {
 		got := make([]byte, len(w))
