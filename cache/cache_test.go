@@ -2,6 +2,8 @@ package cache
 
 import (
 	"fmt"
+	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 )
@@ -222,3 +224,106 @@ func bs(keys ...string) [][]byte {
 	}
 	return out
 }
+
+// TestHashCollisionsNeverShare files a stored reply and a flight of one
+// read under the hash of another, as a collision would: the other read
+// neither gets the reply nor joins the flight.
+func TestHashCollisionsNeverShare(t *testing.T) {
+	c := New(1<<20, 1<<10)
+	_, _, f := c.Lookup(0, []byte("get|a"), bs("a"), time.Second, t0, nil)
+	c.Finish(f, []byte("$1\r\na\r\n"), nil)
+	c.Recycle(f)
+	_, _, fa := c.Lookup(0, []byte("mget|a|x"), bs("a", "x"), time.Second, t0, nil)
+	hb := c.readHash(0, []byte("get|b"))
+	c.mu.Lock()
+	e := c.entries[c.readHash(0, []byte("get|a"))]
+	c.entries[hb], c.flights[hb] = e, fa
+	c.mu.Unlock()
+	hit, joined, fb := c.Lookup(0, []byte("get|b"), bs("b"), time.Second, t0, &reader{join: true})
+	if hit != nil || joined || fb == nil {
+		t.Fatalf("get|b shared get|a's reply (%q) or mget's flight (joined %v)", hit, joined)
+	}
+}
+
+// TestRecycledFlightsKeepTheirReads runs random reads of 12 commands over
+// 6 keys of different lengths, with joiners, writes and recycling interleaved at random, against
+// a model: a flight fills the cache exactly when no write to its key came
+// since it was led, a hit is always the reply last stored for that very
+// read and is there while it is stored, and a flight returns only readers
+// of its own read. A recycled
+// flight that kept a previous read's key or command would break one.
+func TestRecycledFlightsKeepTheirReads(t *testing.T) {
+	c := New(1<<20, 1<<10)
+	rng := rand.New(rand.NewPCG(1, 2))
+	type lead struct {
+		f        *Flight
+		cmd, key string
+		writes   int // writes to the key's stripe when the read was led
+	}
+	var open []lead
+	stored := map[string]string{}
+	writes := map[uint32]int{} // by stripe: keys sharing one look written together
+	stripe := func(k string) uint32 { return c.stripeIndex(0, []byte(k)) }
+	for i := range 20000 {
+		n := rng.IntN(6)
+		k := fmt.Sprint(strings.Repeat("k", 1+n), n) // of different lengths
+		cmd := fmt.Sprint("get|", k)
+		if rng.IntN(2) == 0 {
+			cmd = fmt.Sprint("strlen|", k)
+		}
+		switch rng.IntN(4) {
+		case 0, 1:
+			rd := &namedReader{cmd: cmd}
+			hit, joined, f := c.Lookup(0, []byte(cmd), bs(k), time.Hour, t0, rd)
+			if want, ok := stored[cmd]; string(hit) != want || ok != (hit != nil) {
+				t.Fatalf("step %d: %s hit %q, stored %q", i, cmd, hit, want)
+			}
+			switch {
+			case hit != nil:
+			case !joined:
+				rd.own = f
+				open = append(open, lead{f, cmd, k, writes[stripe(k)]})
+			}
+		case 2:
+			if len(open) == 0 {
+				continue
+			}
+			j := rng.IntN(len(open))
+			l := open[j]
+			open = append(open[:j], open[j+1:]...)
+			reply := fmt.Sprintf("+%s@%d\r\n", l.cmd, i)
+			for _, w := range c.Finish(l.f, []byte(reply), nil) {
+				if w.(*namedReader).cmd != l.cmd {
+					t.Fatalf("step %d: %s's flight returned a reader of %s", i, l.cmd, w.(*namedReader).cmd)
+				}
+			}
+			c.mu.Lock()
+			e := c.entries[l.f.hash]
+			c.mu.Unlock()
+			filled := e != nil && e.cmd == l.cmd && string(e.reply) == reply
+			if want := writes[stripe(l.key)] == l.writes; filled != want {
+				t.Fatalf("step %d: %s filled %v, want %v (writes to %s's stripe since it was led: %d)", i, l.cmd, filled, want, l.key, writes[stripe(l.key)]-l.writes)
+			}
+			if filled {
+				stored[l.cmd] = reply
+			}
+			c.Recycle(l.f)
+		case 3:
+			c.EndWrite(c.BeginWrite(0, bs(k), time.Time{}, nil))
+			writes[stripe(k)]++
+			delete(stored, "get|"+k)
+			delete(stored, "strlen|"+k)
+		}
+	}
+}
+
+// namedReader is a Reader that joins whenever it may and remembers what
+// it read and the flight it leads.
+type namedReader struct {
+	cmd string
+	own *Flight
+}
+
+func (r *namedReader) MayHit() bool     { return true }
+func (r *namedReader) CanJoin(any) bool { return true }
+func (r *namedReader) Lead() any        { return r }
