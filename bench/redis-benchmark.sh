@@ -20,12 +20,14 @@
 #   PREDIXY=/work/predixy-bin/predixy bench/redis-benchmark.sh
 #   PREDIXY_SRC=/path/to/predixy-checkout bench/redis-benchmark.sh   # builds it first
 #   TARGETS="direct funnel" FUNNEL_FLAGS="--pool-size 4" bench/redis-benchmark.sh
+#   TARGETS="direct baseline funnel" BASELINE=/tmp/funnel-old bench/redis-benchmark.sh  # A/B two builds
 #
 # Environment:
 #   ROUNDS (3), N (100000), N1 (20000, the -c 1 row), FUNNEL (bin/funnel),
 #   FUNNEL_FLAGS (extra funnel flags, split on spaces), TARGETS (default
 #   "direct funnel twemproxy", plus predixy when PREDIXY or PREDIXY_SRC gives
-#   one), PREDIXY (a predixy binary), PREDIXY_SRC (a predixy source tree, built
+#   one), BASELINE (a second funnel binary, the "baseline" target, run with
+#   the same flags), PREDIXY (a predixy binary), PREDIXY_SRC (a predixy source tree, built
 #   with make in a scratch copy), LIMIT (1500: deadline in seconds for the whole
 #   script; runs are cut to fit and the script ends itself after it).
 set -euo pipefail
@@ -104,20 +106,25 @@ if have predixy && [ -z "$PREDIXY" ]; then
   kept=(); for t in "${targets[@]}"; do [ "$t" = predixy ] || kept+=("$t"); done; targets=("${kept[@]}")
 fi
 for t in "${targets[@]}"; do
-  case $t in direct | funnel | twemproxy | predixy) ;; *) echo "unknown target $t (direct funnel twemproxy predixy)" >&2; exit 1 ;; esac
+  case $t in direct | funnel | baseline | twemproxy | predixy) ;; *) echo "unknown target $t (direct funnel baseline twemproxy predixy)" >&2; exit 1 ;; esac
 done
 
 declare -A port pid
 port[direct]=$(free_port)
 redis-server --port "${port[direct]}" --bind 127.0.0.1 --dir "$dir" --save '' --appendonly no --loglevel warning >"$dir/redis.log" 2>&1 &
 pid[direct]=$!; pids+=($!)
-if have funnel; then
-  port[funnel]=$(free_port)
-  read -ra fflags <<<"$FUNNEL_FLAGS"
-  "$FUNNEL" --listen "127.0.0.1:${port[funnel]}" --upstream "redis://127.0.0.1:${port[direct]}" --metrics-listen '' --log-level warn \
-    ${fflags[@]+"${fflags[@]}"} >"$dir/funnel.log" 2>&1 &
-  pid[funnel]=$!; pids+=($!)
-fi
+read -ra fflags <<<"$FUNNEL_FLAGS"
+for t in funnel baseline; do
+  have "$t" || continue
+  bin=$FUNNEL
+  if [ "$t" = baseline ]; then
+    bin=${BASELINE:?"the baseline target needs BASELINE=<funnel binary>"}
+  fi
+  port[$t]=$(free_port)
+  "$bin" --listen "127.0.0.1:${port[$t]}" --upstream "redis://127.0.0.1:${port[direct]}" --metrics-listen '' --log-level warn \
+    ${fflags[@]+"${fflags[@]}"} >"$dir/$t.log" 2>&1 &
+  pid[$t]=$!; pids+=($!)
+done
 if have twemproxy; then
   port[twemproxy]=$(free_port)
   cat >"$dir/nutcracker.yml" <<YML
@@ -206,7 +213,7 @@ done
 med() { { grep -F -- "$2" "$1" || true; } | awk -F'|' -v k="$2" 'index($0,k)==1' | cut -d'|' -f"$3" | sort -n |
   awk '{a[NR]=$1} END {if (NR) print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 others=(); for t in "${targets[@]}"; do [ "$t" = direct ] || others+=("$t"); done
-short() { case $1 in twemproxy) echo twem ;; predixy) echo predx ;; *) echo "$1" ;; esac; }
+short() { case $1 in twemproxy) echo twem ;; predixy) echo predx ;; baseline) echo base ;; *) echo "$1" ;; esac; }
 cfgn() { echo "$1 -n $(nreq "$1")"; }
 
 echo
