@@ -472,11 +472,17 @@ func (c *Conn) writeLoop(nc net.Conn, first *Request, inflight chan<- *Request, 
 // instead: their replies are not matched to requests) and writes it.
 func (c *Conn) writeOne(bw *bufio.Writer, r *Request, now time.Time, inflight chan<- *Request, broken <-chan struct{}) error {
 	if c.push == nil {
+		// The line almost always has room: a plain send costs one channel
+		// lock, the select below two and a sort.
 		select {
 		case inflight <- r:
-		case <-broken:
-			c.complete(r, nil, &Error{Kind: Lost, Err: errors.New("connection broke before the command was sent")})
-			return errors.New("connection broke")
+		default:
+			select {
+			case inflight <- r:
+			case <-broken:
+				c.complete(r, nil, &Error{Kind: Lost, Err: errors.New("connection broke before the command was sent")})
+				return errors.New("connection broke")
+			}
 		}
 		c.armDeadline(r.Timeout, now)
 	}
@@ -585,6 +591,10 @@ func (c *Conn) readLoop(nc net.Conn, inflight <-chan *Request) (head *Request, e
 	var batch Batch
 	defer batch.Flush()
 	var readAt time.Time
+	rr := newReplyReader(nc, c.push != nil, &c.pool.metrics.UpstreamRead)
+	// A reply may be on its way while a request is in flight or one is
+	// partly read.
+	expecting := func() bool { return head != nil || len(inflight) > 0 || start < end }
 	for {
 		n, serr := scan.Scan(buf[start:end])
 		if err = serr; err != nil {
@@ -634,7 +644,7 @@ func (c *Conn) readLoop(nc net.Conn, inflight <-chan *Request) (head *Request, e
 			copy(grown, buf[:end])
 			buf = grown
 		}
-		m, rerr := nc.Read(buf[end:])
+		m, rerr := rr.Read(buf[end:], expecting)
 		readAt = time.Now() // one clock read for the replies one read brings
 		end += m
 		if err = rerr; err != nil {

@@ -298,9 +298,10 @@ func (s *session) beginWrite(r *request, info *command.Info, args [][]byte) {
 	// left out, and it may give an expiry only to the keys that reach a
 	// command other than a read or commandKeepsTTL's (see scriptBook).
 	written := func(i int) bool { return sha == "" || s.srv.scripts.mayWrite(sha, i+1) }
+	keyExpires := sha == "" && !commandKeepsTTL(info.Name) // one map lookup, not one per key and pass
 	mayExpire := func(i int) bool {
 		if sha == "" {
-			return !commandKeepsTTL(info.Name)
+			return keyExpires
 		}
 		return s.srv.scripts.mayExpire(sha, i+1)
 	}
