@@ -40,8 +40,11 @@ type loop struct {
 	events [128]unix.EpollEvent
 	// clients holds each open client's session by its socket's descriptor.
 	clients []*session
-	stopped bool
-	done    chan struct{}
+	// again holds the clients whose last read filled its buffer, to read
+	// next pass: the edge-triggered set does not report them again.
+	again, spareAgain []*session
+	stopped           bool
+	done              chan struct{}
 
 	mu    sync.Mutex
 	tasks []loopTask
@@ -82,7 +85,7 @@ func newLoop(srv *Server) (*loop, error) {
 		return nil, os.NewSyscallError("eventfd", err)
 	}
 	l := &loop{srv: srv, epfd: epfd, wakefd: wakefd, done: make(chan struct{})}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wakefd)}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: int32(wakefd)}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
 		l.closeFDs()
 		return nil, os.NewSyscallError("epoll_ctl", err)
@@ -124,13 +127,19 @@ func (l *loop) run() {
 }
 
 // pass handles everything ready now. It reports false, parking the loop
-// until the set is ready again, when nothing was.
+// until the set is ready again, once it has taken everything the set had
+// and no client is left to read again. Every watch is edge-triggered
+// (the eventfd's too), so what the pass took leaves the set's ready list,
+// and anything that comes during the pass or after makes the set ready
+// again, which the runtime's poller reports to the parked loop. That
+// saves the epoll_wait that would find nothing before parking.
 func (l *loop) pass(uintptr) bool {
 	n, err := unix.EpollWait(l.epfd, l.events[:], 0)
 	if err == unix.EINTR {
 		return true
 	}
-	if n <= 0 {
+	n = max(n, 0)
+	if n == 0 && len(l.again) == 0 {
 		return l.stopped
 	}
 	if l.woken.Load() {
@@ -152,9 +161,36 @@ func (l *loop) pass(uintptr) bool {
 		if fd >= len(l.clients) || l.clients[fd] == nil {
 			continue // closed earlier in this pass
 		}
-		l.clients[fd].ready(ev.Events)
+		s := l.clients[fd]
+		if ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			s.sock.peerClosed = true
+		}
+		s.ready(ev.Events)
+		l.readAgainLater(s)
 	}
-	return true
+	again := l.again
+	l.again = l.spareAgain[:0]
+	for i, s := range again {
+		s.sock.againQueued = false
+		if l.clients[s.sock.fd] == s {
+			s.readAgain()
+			l.readAgainLater(s)
+		}
+		again[i] = nil
+	}
+	l.spareAgain = again[:0]
+	return l.stopped || n == len(l.events) || len(l.again) > 0
+}
+
+// readAgainLater puts s in the list to read next pass if it is still
+// reading and its socket may hold more: the last read filled the buffer,
+// or the client hung up and its end of stream is not read yet.
+func (l *loop) readAgainLater(s *session) {
+	if (s.sock.more || s.sock.peerClosed) && !s.sock.againQueued && !s.isDead() &&
+		(s.rs == readingCommands || s.rs == readSinking) {
+		s.sock.againQueued = true
+		l.again = append(l.again, s)
+	}
 }
 
 // post hands t to the loop.
@@ -187,6 +223,7 @@ func (l *loop) runTasks() {
 			l.add(t.s)
 		case resumeClient:
 			t.s.resume(t.err)
+			l.readAgainLater(t.s)
 		case drainClient:
 			t.s.drainReading()
 		case closeClient:

@@ -230,9 +230,9 @@ func TestWatchChangesNeverUndoEachOther(t *testing.T) {
 		go func() { defer wg.Done(); s.sock.setReading(i%2 == 0) }()
 		go func() { defer wg.Done(); s.sock.setWriting(i%3 == 0) }()
 		wg.Wait()
-		want := int64(unix.EPOLLRDHUP)
+		want := int64(unix.EPOLLRDHUP | unix.EPOLLET)
 		if i%2 == 0 {
-			want = unix.EPOLLIN
+			want = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET
 		}
 		if i%3 == 0 {
 			want |= unix.EPOLLOUT

@@ -47,6 +47,18 @@ func (s *session) ready(events uint32) {
 	}
 }
 
+// readAgain reads a socket whose last read filled its buffer (see
+// loop.again).
+func (s *session) readAgain() {
+	defer s.srv.recoverPanic(s)
+	switch s.rs {
+	case readingCommands:
+		s.readCommands()
+	case readSinking:
+		s.sink()
+	}
+}
+
 // readCommands reads the socket once and inputs every command complete in
 // the buffer, until it needs more bytes, the session must wait (room,
 // memory), or reading ends (QUIT, a protocol error, the client leaving,

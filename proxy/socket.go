@@ -28,6 +28,16 @@ type clientSocket struct {
 	// readAt is when the last read returned: the time every command it
 	// brought was read, one clock read per batch. Owned by the loop.
 	readAt time.Time
+	// more is set when the last read filled its buffer: the socket may
+	// hold more, and the edge-triggered set will not report it again, so
+	// the loop reads it again next pass (loop.again). againQueued is set
+	// while it is in that list. Owned by the loop.
+	more, againQueued bool
+	// peerClosed is set once the set reported the client's hang-up
+	// (EPOLLRDHUP): edge-triggered, that is said once, and a read that
+	// comes back short still leaves the end of the stream to read, so
+	// the loop reads the socket again until it does. Owned by the loop.
+	peerClosed bool
 
 	// mu guards what the loop watches the socket for, and its close, so a
 	// watch change never reaches a descriptor number reused by another
@@ -79,10 +89,13 @@ func (c *clientSocket) register() error {
 
 // events is the watch: commands while reading; else only the client's
 // hang-up (a paused or draining client that leaves is noticed at once).
+// It is edge-triggered, so a socket the loop has seen leaves the set's
+// ready list and the loop can park right after a pass (see loop.pass);
+// a watch change re-arms it, reporting what is pending then.
 func (c *clientSocket) events() uint32 {
-	e := uint32(unix.EPOLLRDHUP)
+	e := uint32(unix.EPOLLRDHUP | unix.EPOLLET)
 	if c.reading {
-		e = unix.EPOLLIN
+		e = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET
 	}
 	if c.writing {
 		e |= unix.EPOLLOUT
@@ -141,8 +154,8 @@ func (c *clientSocket) close(o *output) bool {
 
 // Read reads the socket for the request reader, at most c.reads times in
 // a pass: errWouldBlock when the pass's reads are used up, the last one
-// came back short (the socket is drained; if more came since, the
-// level-triggered set reports it again), or nothing is there.
+// came back short (the socket is drained; if more came since, the set
+// reports it), or nothing is there.
 func (c *clientSocket) Read(b []byte) (int, error) {
 	if c.reads <= 0 {
 		return 0, errWouldBlock
@@ -159,12 +172,14 @@ func (c *clientSocket) Read(b []byte) (int, error) {
 }
 
 // read is one read of the socket: EOF when the client hung up,
-// errWouldBlock when nothing is there.
+// errWouldBlock when nothing is there. It sets more.
 func (c *clientSocket) read(b []byte) (int, error) {
+	c.more = false
 	for {
 		n, err := unix.Read(c.fd, b)
 		switch {
 		case n > 0:
+			c.more = n == len(b)
 			return n, nil
 		case err == unix.EINTR:
 			continue
