@@ -43,8 +43,9 @@ type loop struct {
 	// again holds the clients whose last read filled its buffer, to read
 	// next pass: the edge-triggered set does not report them again.
 	again, spareAgain []*session
-	stopped           bool
-	done              chan struct{}
+
+	stopped bool
+	done    chan struct{}
 
 	mu    sync.Mutex
 	tasks []loopTask

@@ -420,3 +420,40 @@ func randomClient(addr, name string, rng *rand.Rand, shape clientShape) error {
 	}
 	return nil
 }
+
+// TestEveryDepartureIsNoticed: clients send a random burst (a few
+// commands, or more than one read buffer of them, some with a BLPOP that
+// blocks) and leave at once, by close or by shutting their sending side,
+// so the commands and the hang-up often come in one event. The loop's
+// watches are edge-triggered, so a hang-up is said once: every client
+// must still be dropped and every BLPOP end upstream, well before its own
+// timeout.
+func TestEveryDepartureIsNoticed(t *testing.T) {
+	f := startFunnel(t, Options{}, pool.Options{})
+	rng := newRand(fuzzSeed(t), 0)
+	const clients = 60
+	for i := range clients {
+		c := dialRaw(t, f.Addr)
+		var b strings.Builder
+		n := 1 + rng.IntN(4)
+		if rng.IntN(3) == 0 {
+			n = 2000 + rng.IntN(2000) // more than a read buffer: the socket is read again
+		}
+		for j := range n {
+			if j == n/2 && rng.IntN(2) == 0 {
+				fmt.Fprintf(&b, "*3\r\n$5\r\nBLPOP\r\n$%d\r\ndepart:%d\r\n$2\r\n30\r\n", len(fmt.Sprintf("depart:%d", i)), i)
+				continue
+			}
+			b.WriteString("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10\r\n0123456789\r\n")
+		}
+		c.write([]byte(b.String()))
+		if rng.IntN(2) == 0 {
+			c.conn.Close()
+		} else {
+			_ = c.conn.(*net.TCPConn).CloseWrite()
+		}
+	}
+	waitUntil(t, 10*time.Second, "every client to be dropped and every BLPOP to end", func() bool {
+		return f.Server.sessionCount() == 0 && f.Server.blockedClients.Load() == 0
+	})
+}
