@@ -40,8 +40,9 @@ type loop struct {
 	events [128]unix.EpollEvent
 	// clients holds each open client's session by its socket's descriptor.
 	clients []*session
-	// again holds the clients whose last read filled its buffer, to read
-	// next pass: the edge-triggered set does not report them again.
+	// again holds the clients to read next pass without an event: their
+	// last read filled its buffer, or they hung up and their end of stream
+	// is not read yet. The edge-triggered set does not report them again.
 	again, spareAgain []*session
 
 	stopped bool
