@@ -457,3 +457,52 @@ func TestEveryDepartureIsNoticed(t *testing.T) {
 		return f.Server.sessionCount() == 0 && f.Server.blockedClients.Load() == 0
 	})
 }
+
+// TestPausedClientsHoldNoGoroutine: clients whose replies are held back
+// (Redis paused) and that pipeline more than MaxPipeline commands are
+// paused, each holding exactly MaxPipeline commands, and no goroutine
+// waits for any of them; once Redis goes on, every reply comes, in order.
+func TestPausedClientsHoldNoGoroutine(t *testing.T) {
+	const maxPipeline, clients, perClient = 4, 40, 30
+	f := startFunnel(t, Options{MaxPipeline: maxPipeline}, pool.Options{})
+	conns := make([]*rawConn, clients)
+	for i := range conns {
+		conns[i] = dialRaw(t, f.Addr)
+		// One reply in, so funnel knows the client's reply size and
+		// admits several of its commands upstream at once.
+		if got := conns[i].do("INCR", fmt.Sprintf("paused:%d", i)); got != ":1\r\n" {
+			t.Fatal(got)
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	before := runtime.NumGoroutine()
+	if _, err := f.Redis.Do("CLIENT", "PAUSE", "1000"); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range conns {
+		var b strings.Builder
+		key := fmt.Sprintf("paused:%d", i)
+		for range perClient {
+			fmt.Fprintf(&b, "*2\r\n$4\r\nINCR\r\n$%d\r\n%s\r\n", len(key), key)
+		}
+		c.write([]byte(b.String()))
+	}
+	waitUntil(t, 5*time.Second, "every client to be paused", func() bool {
+		for _, s := range f.Server.sessionsSnapshot() {
+			if s.out.queued.Load() != maxPipeline {
+				return false
+			}
+		}
+		return true
+	})
+	if grown := runtime.NumGoroutine() - before; grown >= clients/2 {
+		t.Fatalf("%d paused clients: %d more goroutines", clients, grown)
+	}
+	for i, c := range conns {
+		for n := 2; n <= perClient+1; n++ {
+			if got, want := c.reply(), fmt.Sprintf(":%d\r\n", n); got != want {
+				t.Fatalf("client %d reply %d: %q, want %q", i, n, got, want)
+			}
+		}
+	}
+}

@@ -72,7 +72,7 @@ func (s *session) readCommands() {
 		}
 		if int(s.out.queued.Load()) >= s.srv.opts.MaxPipeline {
 			s.endBatch()
-			s.pause(s.awaitRoom)
+			s.pauseForRoom()
 			return
 		}
 		cmd, err := s.reader.Read()
@@ -102,8 +102,23 @@ func (s *session) endBatch() {
 	}
 }
 
+// pauseForRoom stops reading the client while it has MaxPipeline commands
+// without replies, as backpressure. Nothing waits for it: the reply that
+// makes room, or a drain, posts the resume (roomMade), so ten thousand
+// paused clients cost no goroutine.
+func (s *session) pauseForRoom() {
+	s.rs = readPaused
+	s.sock.setReading(false)
+	s.awaitingRoom.Store(true)
+	// Room made before the flag was set found nothing to resume.
+	if int(s.out.queued.Load()) < s.srv.opts.MaxPipeline || s.draining.Load() {
+		s.roomMade()
+	}
+}
+
 // pause stops reading the client while wait runs on a goroutine of its
-// own; then the loop goes on (resume).
+// own (a memory wait, which has its own deadline); then the loop goes on
+// (resume).
 func (s *session) pause(wait func() error) {
 	s.rs = readPaused
 	s.sock.setReading(false)
@@ -127,19 +142,6 @@ func (s *session) resume(err error) {
 	}
 	s.sock.setReading(true)
 	s.readCommands()
-}
-
-// awaitRoom waits, as backpressure, until the client's queue of commands
-// without replies has room again, or the session dies.
-func (s *session) awaitRoom() error {
-	for int(s.out.queued.Load()) >= s.srv.opts.MaxPipeline {
-		select {
-		case <-s.room:
-		case <-s.dead:
-			return nil
-		}
-	}
-	return nil
 }
 
 // awaitMemory waits, as backpressure, until funnel is under its memory

@@ -508,9 +508,6 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 func (s *session) drain() {
 	s.draining.Store(true)
 	s.sock.loop.post(loopTask{kind: drainClient, s: s})
-	// Wake a reading paused for room; it sees draining when it resumes.
-	select {
-	case s.room <- struct{}{}:
-	default:
-	}
+	// Resume a reading paused for room; it sees draining.
+	s.roomMade()
 }

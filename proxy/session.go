@@ -52,9 +52,11 @@ type session struct {
 	// resumers tracks the resumer, which the session's end waits for: it
 	// owns the client state until it hands dispatching back.
 	resumers sync.WaitGroup
-	// room wakes a paused reading that stopped because the client has
-	// Options.MaxPipeline commands without replies.
-	room chan struct{}
+	// awaitingRoom is set while reading is paused because the client has
+	// Options.MaxPipeline commands without replies. No goroutine waits:
+	// whoever makes room (a reply written, a drain) clears it and posts
+	// the resume (roomMade).
+	awaitingRoom atomic.Bool
 
 	// Client state, owned by whichever goroutine dispatches.
 	sticky *pool.Conn
@@ -121,7 +123,6 @@ func newSession(srv *Server, conn net.Conn, id int64, l *loop) (*session, error)
 	s := &session{
 		srv: srv, id: id,
 		dead:     make(chan struct{}),
-		room:     make(chan struct{}, 1),
 		progress: make(chan struct{}, 1),
 	}
 	s.authed = srv.opts.RequirePass == ""
@@ -225,10 +226,14 @@ func (s *session) replySent(r *request, now time.Time) {
 	}
 	r.release()
 	if int(s.out.queued.Load()) < s.srv.opts.MaxPipeline/2+1 {
-		select {
-		case s.room <- struct{}{}:
-		default:
-		}
+		s.roomMade()
+	}
+}
+
+// roomMade resumes reading a client paused for room, once.
+func (s *session) roomMade() {
+	if s.awaitingRoom.CompareAndSwap(true, false) {
+		s.sock.loop.post(loopTask{kind: resumeClient, s: s})
 	}
 }
 
