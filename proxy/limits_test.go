@@ -5,7 +5,9 @@ package proxy
 // on buffered requests and replies).
 
 import (
+	"bytes"
 	"fmt"
+	"io"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/funnel-proxy/funnel/pool"
 	"github.com/funnel-proxy/funnel/resp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // TestExclusiveWaitBounded (issue 8, "never block the reader"): with the
@@ -146,5 +149,66 @@ func TestGlobalMemoryBound(t *testing.T) {
 	close(errs)
 	for e := range errs {
 		t.Error(e)
+	}
+}
+
+// TestReadingWaitsForMemory: at funnel's memory limit (a client that does
+// not read holds a 16 MiB reply) a client with a big partial request is
+// not read further, while a light client is still served. When memory is
+// freed, the paused client is read again and served; a client kept
+// waiting longer than memoryWait gets funnel's memory error and is closed.
+func TestReadingWaitsForMemory(t *testing.T) {
+	f := startFunnel(t, Options{MaxMemory: 1 << 20, ClientOutputLimit: 1 << 30, ClientWriteTimeout: time.Minute, DisableCoalesce: true}, pool.Options{})
+	if _, err := f.Redis.Do("SET", "big", strings.Repeat("b", 16<<20)); err != nil {
+		t.Fatal(err)
+	}
+	fill := func() *rawConn {
+		hog := dialRaw(t, f.Addr)
+		hog.send("GET", "big")
+		waitUntil(t, 5*time.Second, "funnel at its memory limit", func() bool { return f.Metrics.Buffered.Load() > 1<<20 })
+		return hog
+	}
+	// partial writes all of a 64 KiB SET but its last byte: reading it
+	// needs more than a read buffer, so funnel stops reading the client.
+	partial := func(key string) (*rawConn, []byte) {
+		c := dialRaw(t, f.Addr)
+		cmd := resp.AppendCommand(nil, []byte("SET"), []byte(key), bytes.Repeat([]byte("p"), 64<<10))
+		c.write(cmd[:len(cmd)-1])
+		return c, cmd[len(cmd)-1:]
+	}
+	pausedFor := func() float64 { return testutil.ToFloat64(f.Metrics.MemoryWaits) }
+
+	hog := fill()
+	waits := pausedFor()
+	resumed, last := partial("resumed")
+	waitUntil(t, 5*time.Second, "the client to wait for memory", func() bool { return pausedFor() > waits })
+	if got := dialRaw(t, f.Addr).do("PING"); got != "+PONG\r\n" {
+		t.Fatalf("a light client at the memory limit: %q", got)
+	}
+	// The hog reads its reply: memory is freed, and the paused client is
+	// read again.
+	hog.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.CopyN(io.Discard, hog.rd, int64(16<<20+len("$16777216\r\n\r\n"))); err != nil {
+		t.Fatal(err)
+	}
+	resumed.write(last)
+	if got := resumed.reply(); got != "+OK\r\n" {
+		t.Fatalf("the client paused for memory, once memory was freed: %q", got)
+	}
+
+	fill()
+	waits = pausedFor()
+	start := time.Now()
+	stuck, _ := partial("stuck")
+	waitUntil(t, 5*time.Second, "the client to wait for memory", func() bool { return pausedFor() > waits })
+	got, err := stuck.tryReply(memoryWait + 5*time.Second)
+	if err != nil || !strings.HasPrefix(got, "-ERR funnel: memory limit reached") {
+		t.Fatalf("a client kept waiting for memory: %q %v", got, err)
+	}
+	if d := time.Since(start); d < memoryWait {
+		t.Fatalf("the memory error came after %v, before memoryWait (%v)", d, memoryWait)
+	}
+	if _, err := stuck.tryReply(2 * time.Second); err == nil {
+		t.Fatal("the connection stayed open after the memory error")
 	}
 }
