@@ -196,19 +196,40 @@ func TestReadingWaitsForMemory(t *testing.T) {
 		t.Fatalf("the client paused for memory, once memory was freed: %q", got)
 	}
 
+	// Twenty clients wait for memory: no goroutine waits for any of them;
+	// those that hang up are dropped at once; the others get the memory
+	// error after memoryWait, and are closed.
 	fill()
+	const stuckClients = 20
 	waits = pausedFor()
+	sessions := f.Server.sessionCount()
+	before := runtime.NumGoroutine()
 	start := time.Now()
-	stuck, _ := partial("stuck")
-	waitUntil(t, 5*time.Second, "the client to wait for memory", func() bool { return pausedFor() > waits })
-	got, err := stuck.tryReply(memoryWait + 5*time.Second)
-	if err != nil || !strings.HasPrefix(got, "-ERR funnel: memory limit reached") {
-		t.Fatalf("a client kept waiting for memory: %q %v", got, err)
+	var stuck []*rawConn
+	for i := range stuckClients {
+		c, _ := partial(fmt.Sprint("stuck:", i))
+		stuck = append(stuck, c)
 	}
-	if d := time.Since(start); d < memoryWait {
-		t.Fatalf("the memory error came after %v, before memoryWait (%v)", d, memoryWait)
+	waitUntil(t, 5*time.Second, "the clients to wait for memory", func() bool { return pausedFor() >= waits+stuckClients })
+	if grown := runtime.NumGoroutine() - before; grown >= stuckClients/2 {
+		t.Fatalf("%d clients waiting for memory: %d more goroutines", stuckClients, grown)
 	}
-	if _, err := stuck.tryReply(2 * time.Second); err == nil {
-		t.Fatal("the connection stayed open after the memory error")
+	for _, c := range stuck[:stuckClients/2] {
+		c.conn.Close()
+	}
+	waitUntil(t, 2*time.Second, "the clients that hung up to be dropped", func() bool {
+		return f.Server.sessionCount() == sessions+stuckClients/2
+	})
+	for i, c := range stuck[stuckClients/2:] {
+		got, err := c.tryReply(memoryWait + 5*time.Second)
+		if err != nil || !strings.HasPrefix(got, "-ERR funnel: memory limit reached") {
+			t.Fatalf("client %d kept waiting for memory: %q %v", i, got, err)
+		}
+		if d := time.Since(start); d < memoryWait {
+			t.Fatalf("the memory error came after %v, before memoryWait (%v)", d, memoryWait)
+		}
+		if _, err := c.tryReply(2 * time.Second); err == nil {
+			t.Fatal("the connection stayed open after the memory error")
+		}
 	}
 }

@@ -27,6 +27,9 @@ type memoryBudget struct {
 
 	mu    sync.Mutex
 	freed chan struct{} // closed when usage drops under the limit while someone waits
+	// paused holds the clients whose reading waits for memory, each with
+	// the timer that ends its wait after memoryWait (pauseReading).
+	paused map[*session]*time.Timer
 }
 
 // memoryWait is how long a reader waits for memory before it gives up.
@@ -35,11 +38,11 @@ const memoryWait = 10 * time.Second
 var errMemory = errors.New("funnel: memory limit reached (--max-memory) while waiting to read this client's commands; retry later")
 
 // errMemoryFull tells the loop to pause a client's reading until memory is
-// freed (session.awaitMemory).
+// freed (pauseReading).
 var errMemoryFull = errors.New("funnel: at the memory limit")
 
 func newMemoryBudget(limit int64, m *metrics.Metrics) *memoryBudget {
-	return &memoryBudget{limit: limit, used: &m.Buffered, metrics: m, freed: make(chan struct{})}
+	return &memoryBudget{limit: limit, used: &m.Buffered, metrics: m, freed: make(chan struct{}), paused: map[*session]*time.Timer{}}
 }
 
 // add records n more bytes held (fewer, for n < 0).
@@ -64,15 +67,64 @@ func (b *memoryBudget) roomFor(n int64) bool {
 	return b.used.Load()+b.reserved.Load()+n <= b.limit
 }
 
-// wake tells the waiters that memory was freed.
+// wake tells the waiters that memory was freed, and resumes the paused
+// readings once usage is under the limit.
 func (b *memoryBudget) wake() {
 	if b.waiting.Load() == 0 {
 		return
 	}
+	var resumed []*session
 	b.mu.Lock()
 	close(b.freed)
 	b.freed = make(chan struct{})
+	if len(b.paused) > 0 && !b.full() {
+		for s, t := range b.paused {
+			t.Stop()
+			resumed = append(resumed, s)
+		}
+		clear(b.paused)
+		b.waiting.Add(-int32(len(resumed)))
+	}
 	b.mu.Unlock()
+	for _, s := range resumed {
+		s.sock.loop.post(loopTask{kind: resumeClient, s: s})
+	}
+}
+
+// pauseReading leaves s's reading paused until memory is freed (wake) or
+// memoryWait has passed (errMemory); either posts its resume to the loop,
+// so no goroutine waits for it.
+func (b *memoryBudget) pauseReading(s *session) {
+	b.metrics.MemoryWaits.Inc()
+	b.waiting.Add(1)
+	b.mu.Lock()
+	b.paused[s] = time.AfterFunc(memoryWait, func() { b.resumeReading(s, errMemory) })
+	b.mu.Unlock()
+	if !b.full() { // freed before s was listed: nothing would wake it
+		b.resumeReading(s, nil)
+	}
+}
+
+// resumeReading takes s off the paused list and posts its resume, with
+// err as why the wait ended; only the first caller for a pause does.
+func (b *memoryBudget) resumeReading(s *session, err error) {
+	if b.forget(s) {
+		s.sock.loop.post(loopTask{kind: resumeClient, s: s, err: err})
+	}
+}
+
+// forget takes s off the paused list (its session ended) and reports
+// whether it was there.
+func (b *memoryBudget) forget(s *session) bool {
+	b.mu.Lock()
+	t, ok := b.paused[s]
+	delete(b.paused, s)
+	b.mu.Unlock()
+	if ok {
+		t.Stop()
+		b.waiting.Add(-1)
+	}
+	return ok
 }
 
 // freedChan returns a channel closed the next time memory is freed; the
@@ -83,34 +135,6 @@ func (b *memoryBudget) freedChan() (ch <-chan struct{}, done func()) {
 	ch = b.freed
 	b.mu.Unlock()
 	return ch, func() { b.waiting.Add(-1) }
-}
-
-// wait returns once usage is under the limit, or errMemory after memoryWait,
-// or nil at once when dead closes.
-func (b *memoryBudget) wait(dead <-chan struct{}) error {
-	if !b.full() {
-		return nil
-	}
-	b.metrics.MemoryWaits.Inc()
-	timer := time.NewTimer(memoryWait)
-	defer timer.Stop()
-	for {
-		freed, done := b.freedChan()
-		if !b.full() {
-			done()
-			return nil
-		}
-		select {
-		case <-freed:
-			done()
-		case <-dead:
-			done()
-			return nil
-		case <-timer.C:
-			done()
-			return errMemory
-		}
-	}
 }
 
 // readerBudget is a session's reader's view of the budget (resp.Budget).

@@ -116,18 +116,13 @@ func (s *session) pauseForRoom() {
 	}
 }
 
-// pause stops reading the client while wait runs on a goroutine of its
-// own (a memory wait, which has its own deadline); then the loop goes on
-// (resume).
-func (s *session) pause(wait func() error) {
+// pauseForMemory stops reading the client while funnel is at its memory
+// limit; the budget posts the resume when memory is freed, or with
+// errMemory after memoryWait (memoryBudget.pauseReading).
+func (s *session) pauseForMemory() {
 	s.rs = readPaused
 	s.sock.setReading(false)
-	s.srv.wg.Add(1)
-	go func() {
-		defer s.srv.wg.Done()
-		err := wait()
-		s.sock.loop.post(loopTask{kind: resumeClient, s: s, err: err})
-	}()
+	s.srv.mem.pauseReading(s)
 }
 
 // resume goes on reading after a pause; err is why the wait failed.
@@ -144,10 +139,6 @@ func (s *session) resume(err error) {
 	s.readCommands()
 }
 
-// awaitMemory waits, as backpressure, until funnel is under its memory
-// limit again; errMemory after memoryWait.
-func (s *session) awaitMemory() error { return s.srv.mem.wait(s.dead) }
-
 // readFailed handles a read that returned no command: the socket has no
 // more for now, the session must wait for memory, a protocol error gets
 // Redis's reply and closes, anything else is the client leaving.
@@ -158,7 +149,7 @@ func (s *session) readFailed(err error) {
 	}
 	switch {
 	case errors.Is(err, errMemoryFull):
-		s.pause(s.awaitMemory)
+		s.pauseForMemory()
 	case isProtocolError(err):
 		s.srv.countError(errClientProtocol)
 		s.queueFinal(resp.AppendError(nil, "ERR "+err.Error()), closedProtocol)

@@ -174,6 +174,7 @@ func (s *session) isDead() bool { return isClosed(s.dead) }
 func (s *session) finish() {
 	defer s.srv.wg.Done()
 	s.resumers.Wait()
+	s.srv.mem.forget(s) // a reading paused for memory
 	s.cancelParked()
 	s.endExclusive()
 	s.leavePubSub()
