@@ -258,7 +258,8 @@ func (l *loop) add(s *session) {
 		return
 	}
 	// Anything the client sent before it was registered is reported now:
-	// the set is level-triggered.
+	// adding a socket to the set reports what is pending, edge-triggered
+	// or not.
 }
 
 // remove forgets a dead session's socket, closes it, and cleans the

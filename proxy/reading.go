@@ -34,29 +34,33 @@ func (s *session) ready(events uint32) {
 	if events&unix.EPOLLIN == 0 && !hangup {
 		return
 	}
+	if !s.readSocket() {
+		// Not reading: only a hang-up or an error is reported. The client
+		// is gone: as when it hangs up while read, its replies are dropped.
+		s.kill(closedByClient)
+	}
+}
+
+// readAgain reads a socket the loop must read without an event (see
+// loop.again).
+func (s *session) readAgain() {
+	defer s.srv.recoverPanic(s)
+	s.readSocket()
+}
+
+// readSocket reads the socket as the reading state says: commands, or
+// what a client sends after its last one. It reports false when the
+// session is not reading (paused or stopped).
+func (s *session) readSocket() bool {
 	switch s.rs {
 	case readingCommands:
 		s.readCommands()
 	case readSinking:
 		s.sink()
 	default:
-		// Not reading: only a hang-up or an error is reported (and would
-		// be again and again). The client is gone: as when it hangs up
-		// while read, its replies are dropped.
-		s.kill(closedByClient)
+		return false
 	}
-}
-
-// readAgain reads a socket whose last read filled its buffer (see
-// loop.again).
-func (s *session) readAgain() {
-	defer s.srv.recoverPanic(s)
-	switch s.rs {
-	case readingCommands:
-		s.readCommands()
-	case readSinking:
-		s.sink()
-	}
+	return true
 }
 
 // readCommands reads the socket once and inputs every command complete in
@@ -111,7 +115,7 @@ func (s *session) pauseForRoom() {
 	s.sock.setReading(false)
 	s.awaitingRoom.Store(true)
 	// Room made before the flag was set found nothing to resume.
-	if int(s.out.queued.Load()) < s.srv.opts.MaxPipeline || s.draining.Load() {
+	if s.hasRoom() || s.draining.Load() {
 		s.roomMade()
 	}
 }

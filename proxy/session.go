@@ -226,9 +226,16 @@ func (s *session) replySent(r *request, now time.Time) {
 		s.queuedPushes.Add(-1)
 	}
 	r.release()
-	if int(s.out.queued.Load()) < s.srv.opts.MaxPipeline/2+1 {
+	if s.hasRoom() {
 		s.roomMade()
 	}
+}
+
+// hasRoom reports whether a client paused for room may be read again: its
+// commands without replies fell to half of MaxPipeline, so it is not
+// resumed and paused again for every reply.
+func (s *session) hasRoom() bool {
+	return int(s.out.queued.Load()) < s.srv.opts.MaxPipeline/2+1
 }
 
 // roomMade resumes reading a client paused for room, once.
