@@ -44,6 +44,9 @@ type loop struct {
 	// last read filled its buffer, or they hung up and their end of stream
 	// is not read yet. The edge-triggered set does not report them again.
 	again, spareAgain []*session
+	// passes counts passes, so a client the pass read on an event is not
+	// read again from the again list in the same pass.
+	passes uint64
 
 	stopped bool
 	done    chan struct{}
@@ -144,6 +147,7 @@ func (l *loop) pass(uintptr) bool {
 	if n == 0 && len(l.again) == 0 {
 		return l.stopped
 	}
+	l.passes++
 	if l.woken.Load() {
 		// Tasks first, whatever the order of the events: under a flood of
 		// events the wake-up's may come late, and closes and resumes wait.
@@ -167,6 +171,7 @@ func (l *loop) pass(uintptr) bool {
 		if ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 			s.sock.peerClosed = true
 		}
+		s.sock.readPass = l.passes
 		s.ready(ev.Events)
 		l.readAgainLater(s)
 	}
@@ -175,7 +180,9 @@ func (l *loop) pass(uintptr) bool {
 	for i, s := range again {
 		s.sock.againQueued = false
 		if l.clients[s.sock.fd] == s {
-			s.readAgain()
+			if s.sock.readPass != l.passes { // one read per client per pass
+				s.readAgain()
+			}
 			l.readAgainLater(s)
 		}
 		again[i] = nil
@@ -224,6 +231,7 @@ func (l *loop) runTasks() {
 		case addClient:
 			l.add(t.s)
 		case resumeClient:
+			t.s.sock.readPass = l.passes
 			t.s.resume(t.err)
 			l.readAgainLater(t.s)
 		case drainClient:

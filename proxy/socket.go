@@ -33,6 +33,9 @@ type clientSocket struct {
 	// the loop reads it again next pass (loop.again). againQueued is set
 	// while it is in that list. Owned by the loop.
 	more, againQueued bool
+	// readPass is the loop pass that last handled an event of the socket.
+	// Owned by the loop.
+	readPass uint64
 	// peerClosed is set once the set reported the client's hang-up
 	// (EPOLLRDHUP): edge-triggered, that is said once, and a read that
 	// comes back short still leaves the end of the stream to read, so
