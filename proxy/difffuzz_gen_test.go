@@ -473,7 +473,7 @@ func mutate(r *rand.Rand, b []byte) ([]byte, string) {
 				e++
 			}
 			n, err := strconv.Atoi(string(b[i+1 : e]))
-			if err == nil && e+2+n+2 <= len(b) && b[e] == '\r' {
+			if err == nil && n >= 0 && n <= len(b) && e+2+n+2 <= len(b) && b[e] == '\r' { // n bounded first: a length near MaxInt would overflow the sum
 				trailers = append(trailers, e+2+n)
 			}
 		}
