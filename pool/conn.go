@@ -406,24 +406,10 @@ var errStopped = errors.New("connection discarded")
 // flight; hosted Redis services do this to idle clients. It is not a failure.
 var errIdleClosed = errors.New("closed by upstream while idle")
 
-// deadlineWriter refreshes the write deadline before every write to the
-// socket, including the ones bufio makes on its own when its buffer fills:
-// a deadline set only before Flush would have long expired on a connection
-// that was idle before a burst.
-type deadlineWriter struct {
-	nc      net.Conn
-	timeout time.Duration
-}
-
-func (w deadlineWriter) Write(b []byte) (int, error) {
-	_ = w.nc.SetWriteDeadline(time.Now().Add(w.timeout))
-	return w.nc.Write(b)
-}
-
 // writeLoop writes requests as they come and flushes whenever the queue runs
 // dry, which pipelines the commands of all clients that share c.
 func (c *Conn) writeLoop(nc net.Conn, first *Request, inflight chan<- *Request, broken <-chan struct{}) error {
-	bw := bufio.NewWriterSize(deadlineWriter{nc: nc, timeout: c.pool.opts.Timeout}, writeBuf)
+	bw := bufio.NewWriterSize(newRequestWriter(nc, c.pool.opts.Timeout, &c.pool.metrics.UpstreamWritten), writeBuf)
 	next := first
 	for {
 		if next == nil {

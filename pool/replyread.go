@@ -8,6 +8,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/funnel-proxy/funnel/internal/nbio"
 )
 
 // replyReader reads an upstream socket for a connection's reader
@@ -77,24 +79,21 @@ func (r *replyReader) readOnce(fd uintptr) bool {
 			return false
 		}
 	}
-	for {
-		n, err := unix.Read(int(fd), r.buf)
-		switch err {
-		case nil:
-			r.n = n
-			return true
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		}
+	n, err := nbio.Read(int(fd), r.buf)
+	switch err {
+	case nil:
+		r.n = n
+	case unix.EAGAIN:
+		return false
+	default:
 		r.err = err
-		return true
 	}
+	return true
 }
 
-// rawSocket returns nc's socket for reading it directly, or nil when nc
-// is not a plain TCP or unix socket (TLS).
+// rawSocket returns nc's socket for reading and writing it directly (with
+// nbio's raw system calls), or nil when nc is not a plain TCP or unix
+// socket (TLS).
 func rawSocket(nc net.Conn) syscall.RawConn {
 	if cc, ok := nc.(countedConn); ok {
 		nc = cc.Conn

@@ -7,6 +7,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/funnel-proxy/funnel/internal/nbio"
 )
 
 // A loop reads the sockets of its clients: one goroutine, one epoll set, no
@@ -139,11 +141,7 @@ func (l *loop) run() {
 // again, which the runtime's poller reports to the parked loop. That
 // saves the epoll_wait that would find nothing before parking.
 func (l *loop) pass(uintptr) bool {
-	n, err := unix.EpollWait(l.epfd, l.events[:], 0)
-	if err == unix.EINTR {
-		return true
-	}
-	n = max(n, 0)
+	n, _ := nbio.Poll(l.epfd, l.events[:]) // fails only once the set is closed: 0 events
 	if n == 0 && len(l.again) == 0 {
 		return l.stopped
 	}
@@ -214,13 +212,13 @@ func (l *loop) post(t loopTask) {
 	l.mu.Unlock()
 	if !l.woken.Swap(true) {
 		var one = [8]byte{1}
-		_, _ = unix.Write(l.wakefd, one[:])
+		_, _ = nbio.Write(l.wakefd, one[:])
 	}
 }
 
 func (l *loop) runTasks() {
 	var sink [8]byte
-	_, _ = unix.Read(l.wakefd, sink[:])
+	_, _ = nbio.Read(l.wakefd, sink[:])
 	l.woken.Store(false) // after the read: a task posted from here on writes again
 	l.mu.Lock()
 	tasks := l.tasks

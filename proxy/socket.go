@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/funnel-proxy/funnel/internal/nbio"
 )
 
 // clientSocket is a client's connection as funnel holds it: the socket's
@@ -178,40 +180,25 @@ func (c *clientSocket) Read(b []byte) (int, error) {
 // errWouldBlock when nothing is there. It sets more.
 func (c *clientSocket) read(b []byte) (int, error) {
 	c.more = false
-	for {
-		n, err := unix.Read(c.fd, b)
-		switch {
-		case n > 0:
-			c.more = n == len(b)
-			return n, nil
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			c.reads = 0
-			return 0, errWouldBlock
-		case err != nil:
-			return 0, err
-		}
-		return 0, io.EOF
+	n, err := nbio.Read(c.fd, b)
+	switch {
+	case n > 0:
+		c.more = n == len(b)
+		return n, nil
+	case err == unix.EAGAIN:
+		c.reads = 0
+		return 0, errWouldBlock
+	case err != nil:
+		return 0, err
 	}
+	return 0, io.EOF
 }
 
 // write writes as much of b as the socket takes without waiting.
 func (c *clientSocket) write(b []byte) (int, error) {
-	n := 0
-	for n < len(b) {
-		m, err := unix.Write(c.fd, b[n:])
-		if m > 0 {
-			n += m
-			continue
-		}
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil && err != unix.EAGAIN {
-			return n, err
-		}
-		break // full
+	n, err := nbio.Write(c.fd, b)
+	if err == unix.EAGAIN {
+		err = nil // full
 	}
-	return n, nil
+	return n, err
 }

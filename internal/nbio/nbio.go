@@ -1,0 +1,84 @@
+// Package nbio reads and writes non-blocking descriptors with raw system
+// calls: calls the Go scheduler is not told about.
+//
+// Go's usual system call path (syscall.Syscall, and so unix.Read, net.Conn)
+// tells the scheduler a goroutine is entering the kernel, so that its P
+// can be handed to other work if the call blocks. On a descriptor that
+// never blocks that only costs. With funnel's default of one P, every
+// request lets the P go idle while funnel waits for the network; the
+// runtime's monitor thread (sysmon) then sleeps until the next system
+// call entry wakes it (a futex wake-up and a thread switch), after which
+// it polls every 20 µs until the P is idle again; and a write on a busy
+// loopback that takes longer than that tick has its P taken away and
+// another thread started to poll the network. A raw call does none of
+// that: the goroutine keeps its P for the few microseconds the kernel
+// works, as it would for any other code.
+//
+// Only for descriptors in non-blocking mode: a raw call that blocked
+// would hold its P, and stop the garbage collector, until it returned.
+package nbio
+
+import (
+	"io"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Read reads fd once into b. It retries a call interrupted by a signal;
+// an empty socket gives unix.EAGAIN, the end of stream 0 and no error.
+func Read(fd int, b []byte) (int, error) {
+	for {
+		n, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(bufPointer(b)), uintptr(len(b)))
+		switch errno {
+		case 0:
+			return int(n), nil
+		case unix.EINTR:
+			continue
+		}
+		return 0, errno
+	}
+}
+
+// Write writes as much of b as fd takes now. It retries interrupted and
+// short writes; when fd takes no more, it returns what it wrote and
+// unix.EAGAIN.
+func Write(fd int, b []byte) (int, error) {
+	written := 0
+	for written < len(b) {
+		n, _, errno := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(bufPointer(b[written:])), uintptr(len(b)-written))
+		switch errno {
+		case 0:
+			if n == 0 {
+				return written, io.ErrShortWrite // a socket never takes nothing without EAGAIN
+			}
+			written += int(n)
+		case unix.EINTR:
+		default:
+			return written, errno
+		}
+	}
+	return written, nil
+}
+
+// Poll is epoll_wait(2) on epfd with a zero timeout: it returns at once
+// with the events ready now, at most len(events).
+func Poll(epfd int, events []unix.EpollEvent) (int, error) {
+	for {
+		n, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+		switch errno {
+		case 0:
+			return int(n), nil
+		case unix.EINTR:
+			continue
+		}
+		return 0, errno
+	}
+}
+
+func bufPointer(b []byte) unsafe.Pointer {
+	if len(b) == 0 {
+		return nil
+	}
+	return unsafe.Pointer(&b[0])
+}
