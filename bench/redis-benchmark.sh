@@ -13,7 +13,9 @@
 # Tables: requests/s and the ratio to direct; p50/p99 latency in µs (from
 # redis-benchmark --csv) and the µs each target adds over direct; CPU µs per
 # request of the target process (utime+stime from /proc/<pid>/stat around each
-# run, divided by 2N; for direct that is redis-server itself).
+# run, divided by 2N; for direct that is redis-server itself); context
+# switches per request of the target process (voluntary and involuntary, all
+# its threads, from /proc/<pid>/task/*/status).
 #
 #   make build && bench/redis-benchmark.sh          # ROUNDS=3 N=100000 N1=20000
 #   ROUNDS=1 N=20000 N1=5000 bench/redis-benchmark.sh
@@ -176,11 +178,14 @@ done
 # utime+stime of a process (all its threads), in clock ticks.
 ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 hz=$(getconf CLK_TCK)
+# Context switches of a process so far, all its threads, voluntary or not
+# (each is a thread going to sleep or being put off the CPU).
+switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'; }
 
 configs=("-c 1 -P 1" "-c 50 -P 1" "-c 50 -P 16" "-c 500 -P 1" "-c 50 -P 1 -r 100000 -d 512")
 nreq() { [ "$1" = "-c 1 -P 1" ] && echo "$N1" || echo "$N"; }
 results="$dir/results" # cfg|test|target|rps|p50_us|p99_us
-cpu="$dir/cpu"         # cfg|target|cpu_us_per_request
+cpu="$dir/cpu"         # cfg|target|cpu_us_per_request|switches_per_request
 : >"$results"; : >"$cpu"
 rounds_done=0
 for round in $(seq "$ROUNDS"); do
@@ -189,17 +194,17 @@ for round in $(seq "$ROUNDS"); do
     for t in "${targets[@]}"; do
       [ "$(left)" -gt 1 ] || { echo "LIMIT=${LIMIT}s: no time left for more runs; tables from what ran" >&2; break 3; }
       lines=$(wc -l <"$results")
-      before=$(ticks "${pid[$t]}")
+      before=$(ticks "${pid[$t]}") sw_before=$(switches "${pid[$t]}")
       # shellcheck disable=SC2086 # $cfg is a list of flags
       timeout "$(cap 300)" redis-benchmark -p "${port[$t]}" -t get,set -n "$n" $cfg -q --csv 2>/dev/null >"$dir/run.csv" || true
-      after=$(ticks "${pid[$t]}")
+      after=$(ticks "${pid[$t]}") sw_after=$(switches "${pid[$t]}")
       # Columns by the CSV header ("test","rps",...,"p50_latency_ms",...,"p99_latency_ms",...).
       tr -d '"' <"$dir/run.csv" | awk -F, -v t="$t" -v c="$cfg" '
         $1=="test" {for (i=1;i<=NF;i++) col[$i]=i; next}
         ($1=="GET"||$1=="SET") && col["rps"] {printf "%s|%s|%s|%.0f|%.0f|%.0f\n", c, $1, t, $(col["rps"]), $(col["p50_latency_ms"])*1000, $(col["p99_latency_ms"])*1000}' >>"$results"
       if [ "$(wc -l <"$results")" -eq $((lines + 2)) ]; then
-        awk -v b="$before" -v a="$after" -v hz="$hz" -v n="$n" -v c="$cfg" -v t="$t" \
-          'BEGIN {printf "%s|%s|%.2f\n", c, t, (a-b)/hz*1e6/(2*n)}' >>"$cpu"
+        awk -v b="$before" -v a="$after" -v sb="$sw_before" -v sa="$sw_after" -v hz="$hz" -v n="$n" -v c="$cfg" -v t="$t" \
+          'BEGIN {printf "%s|%s|%.2f|%.3f\n", c, t, (a-b)/hz*1e6/(2*n), (sa-sb)/(2*n)}' >>"$cpu"
       else
         echo "round $round: $cfg against $t gave no result (timeout or error)" >&2
       fi
@@ -270,5 +275,16 @@ echo
 for cfg in "${configs[@]}"; do
   printf '%-40s' "$(cfgn "$cfg")"
   for t in "${targets[@]}"; do v=$(med "$cpu" "$cfg|$t|" 3); printf ' %10s' "${v:--}"; done
+  echo
+done
+
+echo
+echo "context switches per request of the target process (all threads; direct = redis-server)"
+printf '%-40s' config
+for t in "${targets[@]}"; do printf ' %10s' "$(short "$t")"; done
+echo
+for cfg in "${configs[@]}"; do
+  printf '%-40s' "$(cfgn "$cfg")"
+  for t in "${targets[@]}"; do v=$(med "$cpu" "$cfg|$t|" 4); printf ' %10s' "${v:--}"; done
   echo
 done
