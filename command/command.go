@@ -67,6 +67,10 @@ type Info struct {
 	Flags       Flag
 	Keys        []KeySpec
 	Subcommands map[string]*Info
+	// ID numbers the command densely, from 0 to Count()-1 in name order,
+	// so that callers can keep what they know of each command in a slice
+	// instead of a map keyed by name.
+	ID int
 }
 
 // Has reports whether the command has every flag in f.
@@ -260,3 +264,19 @@ func findKeyword(args [][]byte, keyword string, from int) int {
 	}
 	return 0
 }
+
+// count is the number of commands and subcommands in the table.
+var count int
+
+// number gives every Info its ID, once the table is complete.
+func number() {
+	all := All()
+	for i, info := range all {
+		info.ID = i
+	}
+	count = len(all)
+}
+
+// Count returns how many commands and subcommands the table has: every
+// Info's ID is below it.
+func Count() int { return count }

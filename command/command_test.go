@@ -106,3 +106,34 @@ func TestAll(t *testing.T) {
 		}
 	}
 }
+
+// TestIDsAreDense: every command and subcommand, the ones added by hand
+// included, has its own ID below Count().
+func TestIDsAreDense(t *testing.T) {
+	all := All()
+	if Count() != len(all) {
+		t.Fatalf("Count() = %d, the table has %d", Count(), len(all))
+	}
+	seen := make([]bool, Count())
+	for _, info := range all {
+		if info.ID < 0 || info.ID >= Count() || seen[info.ID] {
+			t.Fatalf("%s: ID %d is out of range or taken", info.Name, info.ID)
+		}
+		seen[info.ID] = true
+	}
+	for _, name := range []string{"waitaof", "client|setinfo", "client|no-touch", "get", "set"} {
+		info := Lookup(argsOf(name))
+		if info == nil || info.Name != name || all[info.ID] != info {
+			t.Fatalf("%s: ID does not lead back to it", name)
+		}
+	}
+}
+
+// argsOf splits a "container|sub" name into the arguments that name it.
+func argsOf(name string) [][]byte {
+	var args [][]byte
+	for _, part := range strings.Split(name, "|") {
+		args = append(args, []byte(part))
+	}
+	return args
+}

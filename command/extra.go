@@ -10,4 +10,5 @@ func init() {
 	client := table["client"].Subcommands
 	client["setinfo"] = &Info{Name: "client|setinfo", Arity: 4, Flags: NoScript | Loading | Stale}
 	client["no-touch"] = &Info{Name: "client|no-touch", Arity: 3, Flags: NoScript | Loading | Stale}
+	number()
 }

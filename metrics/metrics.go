@@ -68,9 +68,10 @@ type Metrics struct {
 	cacheWatched bool
 	// inFlightWatched is set once WatchInFlight registered its gauge.
 	inFlightWatched bool
-	cacheStats      func() cache.Stats // set by WatchCache; nil without a cache
-	byCommand       sync.Map           // label -> *CommandCounters
-	byRule          sync.Map           // pattern -> *RuleCounters
+	cacheStats      func() cache.Stats                // set by WatchCache; nil without a cache
+	byCommand       sync.Map                          // label -> *CommandCounters
+	byID            []atomic.Pointer[CommandCounters] // command ID -> what byCommand has for its name
+	byRule          sync.Map                          // pattern -> *RuleCounters
 }
 
 // Labels funnel uses for commands that have no name of their own in the
@@ -124,6 +125,19 @@ func (c *CommandCounters) Local() { c.local.Inc(); c.m.LocalTotal.Add(1) }
 func (c *CommandCounters) UpstreamDuration() prometheus.Observer {
 	c.durationOnce.Do(func() { c.duration = c.m.UpstreamDuration.WithLabelValues(c.label) })
 	return c.duration
+}
+
+// CommandOf returns the counters of a command of the table, as Command
+// does, from a slice indexed by the command's ID rather than a map keyed
+// by its name: it is called for every command a client sends.
+func (m *Metrics) CommandOf(info *command.Info) *CommandCounters {
+	slot := &m.byID[info.ID]
+	if c := slot.Load(); c != nil {
+		return c
+	}
+	c := m.Command(info.Name)
+	slot.Store(c)
+	return c
 }
 
 // Command returns the counters of the command name, labelled as
@@ -180,7 +194,8 @@ func (m *Metrics) CacheRule(pattern string) *RuleCounters {
 // New makes the collectors and registers them on reg.
 func New(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		reg: reg,
+		reg:  reg,
+		byID: make([]atomic.Pointer[CommandCounters], command.Count()),
 		ClientCommands: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "funnel_client_commands_total", Help: "Commands received from clients, by command.",
 		}, []string{"command"}),

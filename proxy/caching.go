@@ -90,7 +90,7 @@ func (srv *Server) readOnlyCall(st *settings, info *command.Info, args [][]byte)
 		sha := srv.scriptSHA(info.Name, args)
 		return st.scripts[sha] || srv.scripts.readOnly(sha)
 	}
-	return info.Has(command.ReadOnly) && !info.Has(command.Nondeterministic) && !blocks(specOf(info.Name), args)
+	return info.Has(command.ReadOnly) && !info.Has(command.Nondeterministic) && !blocks(routeOf(info), args)
 }
 
 // readKeys returns the keys args name, as views into args in the
@@ -298,7 +298,7 @@ func (s *session) beginWrite(r *request, info *command.Info, args [][]byte) {
 	// left out, and it may give an expiry only to the keys that reach a
 	// command other than a read or commandKeepsTTL's (see scriptBook).
 	written := func(i int) bool { return sha == "" || s.srv.scripts.mayWrite(sha, i+1) }
-	keyExpires := sha == "" && !commandKeepsTTL(info.Name) // one map lookup, not one per key and pass
+	keyExpires := sha == "" && !keepsTTLOf(info)
 	mayExpire := func(i int) bool {
 		if sha == "" {
 			return keyExpires

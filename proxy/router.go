@@ -26,21 +26,21 @@ func (s *session) route(r *request) {
 	}
 	info, container := command.Resolve(args)
 	r.info = info
-	name := metrics.UnknownCommand
-	if info != nil {
-		name = info.Name
+	switch {
+	case !s.authed && (info == nil || !info.Has(command.NoAuth)):
+		r.counters = s.srv.metrics.Command(metrics.Unauthenticated)
+	case info == nil:
+		r.counters = s.srv.metrics.Command(metrics.UnknownCommand)
+	default:
+		r.counters = s.srv.metrics.CommandOf(info)
 	}
-	if !s.authed && (info == nil || !info.Has(command.NoAuth)) {
-		name = metrics.Unauthenticated
-	}
-	r.counters = s.srv.metrics.Command(name)
 	r.counters.Client()
 	s.info.setLastCommand(info, r.start)
 	r.suppress = s.replyMode.suppresses()
 	s.replyMode = s.replyMode.next()
 	r.spec = sharedSpec
 	if info != nil {
-		r.spec = specOf(info.Name)
+		r.spec = routeOf(info)
 	}
 
 	switch {

@@ -1,5 +1,7 @@
 package proxy
 
+import "github.com/funnel-proxy/funnel/command"
+
 // This file is funnel's one routing table: for every command funnel treats
 // specially, how it is answered, what it does inside MULTI and in RESP2
 // subscribed mode, and where a blocking command's timeout is. A command
@@ -167,6 +169,10 @@ func init() {
 		"client|getredir":     refused,
 		"client|trackinginfo": refused,
 	}
+	specByID = make([]*routeSpec, command.Count())
+	for _, info := range command.All() {
+		specByID[info.ID] = specOf(info.Name)
+	}
 }
 
 // specOf returns the table's row for the command name.
@@ -176,3 +182,11 @@ func specOf(name string) *routeSpec {
 	}
 	return sharedSpec
 }
+
+// specByID is specOf for every command, by its ID: the request path looks
+// its command's row up in a slice instead of hashing the name. It is made
+// at the end of init, once routes is.
+var specByID []*routeSpec
+
+// routeOf returns the table's row for a known command.
+func routeOf(info *command.Info) *routeSpec { return specByID[info.ID] }

@@ -116,3 +116,15 @@ var keepsTTL = map[string]bool{
 // commandKeepsTTL reports whether a command, named in lower case, is one
 // of keepsTTL's.
 func commandKeepsTTL(name string) bool { return keepsTTL[name] }
+
+// keepsTTLByID is keepsTTL by command ID, for the request path.
+var keepsTTLByID = func() []bool {
+	keeps := make([]bool, command.Count())
+	for _, info := range command.All() {
+		keeps[info.ID] = keepsTTL[info.Name]
+	}
+	return keeps
+}()
+
+// keepsTTLOf is commandKeepsTTL for a known command.
+func keepsTTLOf(info *command.Info) bool { return keepsTTLByID[info.ID] }
