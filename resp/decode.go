@@ -17,6 +17,31 @@ func FlatArray(raw []byte) [][]byte {
 	return out
 }
 
+// Elements returns the elements of an array, set or push reply, each as
+// its whole raw reply (nested aggregates included, as ReplyScanner
+// delimits them). ok is false for any other reply, a null array, or a
+// reply that is cut short.
+func Elements(raw []byte) (elements [][]byte, ok bool) {
+	if len(raw) == 0 || (raw[0] != '*' && raw[0] != '~' && raw[0] != '>') {
+		return nil, false
+	}
+	n, raw, ok := aggregateHeader(raw)
+	if !ok {
+		return nil, false
+	}
+	elements = make([][]byte, 0, min(n, len(raw)/3)) // an element is at least 3 bytes
+	var scan ReplyScanner
+	for ; n > 0; n-- {
+		m, err := scan.Scan(raw)
+		if err != nil || m == 0 {
+			return nil, false
+		}
+		elements = append(elements, raw[:m])
+		raw = raw[m:]
+	}
+	return elements, true
+}
+
 // LeadingFields returns the scalar elements of a map (or, from a RESP2
 // upstream, a flat array of pairs) up to its first nested one, such as
 // HELLO's "modules".
@@ -29,24 +54,34 @@ func LeadingFields(raw []byte) [][]byte {
 	return out
 }
 
+// aggregateHeader reads the header of an aggregate reply, whatever its
+// type byte: its element count, and the bytes after the header. A null
+// aggregate (a count of -1) is not ok.
+func aggregateHeader(raw []byte) (n int, rest []byte, ok bool) {
+	i := bytes.Index(raw, crlf)
+	if i < 0 {
+		return 0, nil, false
+	}
+	n, ok = parseLen(raw[1:i])
+	if !ok || n < 0 {
+		return 0, nil, false
+	}
+	return n, raw[i+2:], true
+}
+
 // scalars reads the scalar elements of an aggregate whose type byte is
 // kind (for '*' a push '>' too), and reports whether it read all of them.
 func scalars(raw []byte, kind byte) ([][]byte, bool) {
 	if len(raw) == 0 || (raw[0] != kind && !(kind == '*' && raw[0] == '>')) {
 		return nil, false
 	}
-	i := bytes.Index(raw, crlf)
-	if i < 0 {
-		return nil, false
-	}
-	n, ok := parseLen(raw[1:i])
-	if !ok || n < 0 {
+	n, raw, ok := aggregateHeader(raw)
+	if !ok {
 		return nil, false
 	}
 	if kind == '%' {
 		n *= 2
 	}
-	raw = raw[i+2:]
 	out := make([][]byte, 0, n)
 	for ; n > 0; n-- {
 		j := bytes.Index(raw, crlf)
