@@ -190,10 +190,10 @@ func (s *session) forwardBlocking(r *request) {
 	}
 	r.blocked = true
 	s.srv.blockedClients.Add(1)
-	if putsBack(r.info.Name) {
-		// An element popped for this client after it left goes back.
+	if end, ok := popEndOf(r.info.Name, r.args); ok {
+		// What is popped for this client after it left goes back.
 		srv, p, name := s.srv, s.pool, r.info.Name
-		r.undelivered = func(reply []byte) { putBack(srv, p, name, reply) }
+		r.undelivered = func(reply []byte) { putBack(srv, p, name, end, reply) }
 	}
 	ctx, cancel := context.WithCancelCause(s.ctx())
 	bw := &blockingWait{cancel: cancel}

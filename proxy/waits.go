@@ -453,37 +453,64 @@ func (sw *sharedWait) endLocked() {
 // left to take it, or whose waiter left before it was written (putBack).
 // It touches nothing hub.mu guards.
 func (sw *sharedWait) restore(reply []byte) {
-	putBack(sw.hub.srv, sw.key.pool, string(bytes.ToLower(sw.args[0])), reply)
+	name := string(bytes.ToLower(sw.args[0]))
+	if end, ok := popEndOf(name, sw.args); ok {
+		putBack(sw.hub.srv, sw.key.pool, name, end, reply)
+	}
 }
 
-// putBack puts back an element that a blocking pop (name, in lower case)
-// took for a client that was gone before it was written: at the head of
-// the list for BLPOP, its tail for BRPOP, with its score for BZPOPMIN and
-// BZPOPMAX (ZADD NX: a member added again since keeps its new score, as it
-// would have had the pop not happened). It is the one write funnel makes
-// on its own, billed like any.
-func putBack(srv *Server, p *pool.Pool, name string, reply []byte) {
-	parts := resp.FlatArray(reply)
-	if len(parts) < 2 {
-		return
-	}
-	key := parts[0]
-	var cmd string
-	var raw []byte
+// popEnd is where a blocking pop takes its elements from, and so where
+// putBack returns them.
+type popEnd uint8
+
+const (
+	popHead   popEnd = iota // the head of a list (BLPOP, BLMPOP ... LEFT)
+	popTail                 // the tail of a list (BRPOP, BLMPOP ... RIGHT)
+	popSorted               // a sorted set, by score (BZPOPMIN, BZPOPMAX, BZMPOP)
+)
+
+// popEndOf returns where the blocking pop name (in lower case) with args
+// takes its elements from; ok is false for a command putBack cannot undo
+// (BLMOVE and BRPOPLPUSH move their element, which is then not lost).
+func popEndOf(name string, args [][]byte) (end popEnd, ok bool) {
 	switch name {
 	case "blpop":
-		cmd, raw = "lpush", resp.AppendCommand(nil, []byte("LPUSH"), key, parts[1])
+		return popHead, true
 	case "brpop":
-		cmd, raw = "rpush", resp.AppendCommand(nil, []byte("RPUSH"), key, parts[1])
-	case "bzpopmin", "bzpopmax":
-		if len(parts) < 3 {
-			return
+		return popTail, true
+	case "bzpopmin", "bzpopmax", "bzmpop":
+		return popSorted, true
+	case "blmpop": // BLMPOP timeout numkeys key [key ...] LEFT|RIGHT [COUNT count]
+		if len(args) < 3 {
+			return 0, false
 		}
-		cmd, raw = "zadd", resp.AppendCommand(nil, []byte("ZADD"), key, []byte("NX"), parts[2], parts[1])
-	default:
+		n, err := strconv.Atoi(string(args[2]))
+		if err != nil || n <= 0 || n >= len(args)-3 { // compared so: 3+n could overflow
+			return 0, false
+		}
+		switch {
+		case equalFold(args[3+n], "left"):
+			return popHead, true
+		case equalFold(args[3+n], "right"):
+			return popTail, true
+		}
+	}
+	return 0, false
+}
+
+// putBack puts back what a blocking pop (name, in lower case) took for a
+// client that was gone before it was written: at the head of the list for
+// BLPOP and BLMPOP ... LEFT, at its tail for BRPOP and BLMPOP ... RIGHT,
+// in the order they were in; with their scores for the sorted-set pops
+// (ZADD NX: a member added again since keeps its new score, as it would
+// have had the pop not happened). It is the one write funnel makes on its
+// own, billed like any.
+func putBack(srv *Server, p *pool.Pool, name string, end popEnd, reply []byte) {
+	cmd, raw, key := putBackCommand(name, end, reply)
+	if raw == nil {
 		return
 	}
-	srv.log.Info("put back an element popped for a client that had left", "command", name, "key", resp.Quote(key, 64))
+	srv.log.Info("put back what a blocking pop took for a client that had left", "command", name, "key", resp.Quote(key, 64))
 	// The put-back is a write like any: its key is pending until it is in,
 	// so no cached read of the key from before it is served after it.
 	var w cache.Write
@@ -500,12 +527,71 @@ func putBack(srv *Server, p *pool.Pool, name string, reply []byte) {
 	}()
 }
 
-// putsBack reports whether putBack knows how to undo the pop of a blocking
-// command, by its name.
-func putsBack(name string) bool {
-	switch name {
-	case "blpop", "brpop", "bzpopmin", "bzpopmax":
-		return true
+// putBackCommand returns the command that undoes the pop whose reply is
+// reply (its name for the metrics, and the command), and the key; raw is
+// nil when the reply popped nothing (a timeout) or is not a pop's.
+func putBackCommand(name string, end popEnd, reply []byte) (cmd string, raw, key []byte) {
+	key, items := popped(name, reply)
+	if len(items) == 0 {
+		return "", nil, nil
 	}
-	return false
+	switch end {
+	case popHead, popTail:
+		// The elements come in the order they were popped, the first from
+		// the very end: pushed back in reverse, each lands where it was.
+		cmd = "lpush"
+		args := [][]byte{[]byte("LPUSH"), key}
+		if end == popTail {
+			cmd, args[0] = "rpush", []byte("RPUSH")
+		}
+		for i := len(items) - 1; i >= 0; i-- {
+			args = append(args, items[i])
+		}
+		return cmd, resp.AppendCommand(nil, args...), key
+	default: // items are member, score pairs
+		if len(items)%2 != 0 {
+			return "", nil, nil
+		}
+		args := [][]byte{[]byte("ZADD"), key, []byte("NX")}
+		for i := 0; i < len(items); i += 2 {
+			args = append(args, items[i+1], items[i])
+		}
+		return "zadd", resp.AppendCommand(nil, args...), key
+	}
+}
+
+// popped returns the key and what a blocking pop's reply holds: the
+// elements of a list pop, or member, score pairs of a sorted-set pop.
+// A reply with nothing popped gives no items.
+func popped(name string, reply []byte) (key []byte, items [][]byte) {
+	switch name {
+	case "blpop", "brpop", "bzpopmin", "bzpopmax": // key, element [, score]
+		parts := resp.FlatArray(reply)
+		if len(parts) < 2 {
+			return nil, nil
+		}
+		return parts[0], parts[1:]
+	case "blmpop", "bzmpop": // key, [element ...] or key, [[member, score] ...]
+		top, ok := resp.Elements(reply)
+		if !ok || len(top) != 2 {
+			return nil, nil
+		}
+		key, ok := resp.Text(top[0])
+		if !ok {
+			return nil, nil
+		}
+		if name == "blmpop" {
+			return key, resp.FlatArray(top[1])
+		}
+		pairs, _ := resp.Elements(top[1])
+		for _, pair := range pairs {
+			ms := resp.FlatArray(pair)
+			if len(ms) != 2 {
+				return nil, nil
+			}
+			items = append(items, ms...)
+		}
+		return key, items
+	}
+	return nil, nil
 }
