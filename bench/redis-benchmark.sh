@@ -267,24 +267,19 @@ for cfg in "${configs[@]}"; do
   done
 done
 
-echo
-echo "CPU µs per request of the target process (utime+stime / (SETs+GETs), $hz ticks/s; direct = redis-server)"
-printf '%-40s' config
-for t in "${targets[@]}"; do printf ' %10s' "$(short "$t")"; done
-echo
-for cfg in "${configs[@]}"; do
-  printf '%-40s' "$(cfgn "$cfg")"
-  for t in "${targets[@]}"; do v=$(med "$cpu" "$cfg|$t|" 3); printf ' %10s' "${v:--}"; done
+# per_target TITLE COLUMN: a table of one column of $cpu, a row per
+# config and a column per target.
+per_target() {
   echo
-done
-
-echo
-echo "context switches per request of the target process (all threads; direct = redis-server)"
-printf '%-40s' config
-for t in "${targets[@]}"; do printf ' %10s' "$(short "$t")"; done
-echo
-for cfg in "${configs[@]}"; do
-  printf '%-40s' "$(cfgn "$cfg")"
-  for t in "${targets[@]}"; do v=$(med "$cpu" "$cfg|$t|" 4); printf ' %10s' "${v:--}"; done
+  echo "$1"
+  printf '%-40s' config
+  for t in "${targets[@]}"; do printf ' %10s' "$(short "$t")"; done
   echo
-done
+  for cfg in "${configs[@]}"; do
+    printf '%-40s' "$(cfgn "$cfg")"
+    for t in "${targets[@]}"; do v=$(med "$cpu" "$cfg|$t|" "$2"); printf ' %10s' "${v:--}"; done
+    echo
+  done
+}
+per_target "CPU µs per request of the target process (utime+stime / (SETs+GETs), $hz ticks/s; direct = redis-server)" 3
+per_target "context switches per request of the target process (all threads; direct = redis-server)" 4
