@@ -28,8 +28,8 @@ type Metrics struct {
 	UpstreamConns     *prometheus.GaugeVec   // by lane
 	UpstreamDials     *prometheus.CounterVec // by result: ok, error
 	Errors            *prometheus.CounterVec // by kind
-	Latency           *prometheus.HistogramVec
-	ExclusiveConns    *prometheus.GaugeVec // by state: in_use, idle
+	Latency           *HistogramVec          // by route
+	ExclusiveConns    *prometheus.GaugeVec   // by state: in_use, idle
 	ExclusiveWaiting  prometheus.Gauge
 	PubSubChannels    *prometheus.GaugeVec // by kind: channel, pattern, shard
 	PubSubSubscribers prometheus.Gauge
@@ -38,7 +38,7 @@ type Metrics struct {
 	MemoryWaits       prometheus.Counter // reads held back by --max-memory
 	// UpstreamDuration is the time from writing a command upstream to its
 	// reply, by command (labels as CommandLabel says).
-	UpstreamDuration *prometheus.HistogramVec
+	UpstreamDuration *HistogramVec
 	// ExclusiveWait is how long each borrow of an exclusive-lane
 	// connection waited for one.
 	ExclusiveWait prometheus.Histogram
@@ -223,11 +223,8 @@ func New(reg prometheus.Registerer) *Metrics {
 		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "funnel_errors_total", Help: "Errors funnel answered or met, by kind.",
 		}, []string{"kind"}),
-		Latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "funnel_request_duration_seconds",
-			Help:    "Time from reading a command to having its reply, by route.",
-			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10},
-		}, []string{"route"}),
+		Latency: NewHistogramVec("funnel_request_duration_seconds", "Time from reading a command to having its reply, by route.", "route",
+			[]float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10}),
 		ExclusiveConns: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "funnel_exclusive_connections", Help: "Exclusive-lane upstream connections (blocking commands, WATCH), by state.",
 		}, []string{"state"}),
@@ -249,11 +246,8 @@ func New(reg prometheus.Registerer) *Metrics {
 		MemoryWaits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "funnel_memory_waits_total", Help: "Times a client's reads were held back because funnel was at --max-memory.",
 		}),
-		UpstreamDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "funnel_upstream_duration_seconds",
-			Help:    "Time from writing a command upstream to its reply, by command. A blocking command's includes its wait.",
-			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10},
-		}, []string{"command"}),
+		UpstreamDuration: NewHistogramVec("funnel_upstream_duration_seconds", "Time from writing a command upstream to its reply, by command. A blocking command's includes its wait.", "command",
+			[]float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10}),
 		ExclusiveWait: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "funnel_exclusive_wait_seconds",
 			Help:    "Time a blocking command or WATCH waited for an exclusive-lane connection (0 when one was free).",
