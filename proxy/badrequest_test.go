@@ -246,3 +246,23 @@ func TestCrossProtocolRequestRunsNothing(t *testing.T) {
 		})
 	}
 }
+
+// TestCrossProtocolClosesAfterEarlierWrites: commands a client sent before
+// a POST line in the same write run, as in Redis, and the connection ends
+// only once they have: when the client sees its connection closed, its
+// write is in Redis. (Closing at the line while the write was still on
+// its way upstream let a reconnecting client miss its own write.)
+func TestCrossProtocolClosesAfterEarlierWrites(t *testing.T) {
+	f := startFunnel(t, Options{}, pool.Options{})
+	for i := range 100 {
+		key := fmt.Sprint("xp:", i)
+		c := dialRaw(t, f.Addr)
+		c.write([]byte("*5\r\n$5\r\nRPUSH\r\n$" + fmt.Sprint(len(key)) + "\r\n" + key + "\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\nPOST / HTTP/1.1\r\n"))
+		if _, closed := readUntil(c, "", 5*time.Second); !closed {
+			t.Fatalf("round %d: the connection was not closed", i)
+		}
+		if got, err := f.Redis.Do("LLEN", key); err != nil || got != ":3\r\n" {
+			t.Fatalf("round %d: LLEN right after the close = %q %v, want :3 (the RPUSH before the POST line)", i, got, err)
+		}
+	}
+}

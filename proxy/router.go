@@ -19,9 +19,13 @@ import (
 func (s *session) route(r *request) {
 	args := r.args
 	if isCrossProtocol(args[0]) {
+		// Nothing after this line is read (see input). The client is
+		// closed, with no reply to the line, once what it sent before is
+		// answered: Redis runs those commands before it closes, so a write
+		// sent before the line has landed by the time the connection ends.
 		s.srv.crossProtocol(s)
-		s.kill(closedCrossProtocol)
-		r.Complete(nil, errSessionClosed)
+		r.closeAfter = closedCrossProtocol
+		r.completeLocal(nil)
 		return
 	}
 	info, container := command.Resolve(args)
