@@ -68,7 +68,7 @@ func (s *session) readSocket() bool {
 // memory), or reading ends (QUIT, a protocol error, the client leaving,
 // shutdown).
 func (s *session) readCommands() {
-	s.sock.reads = 1
+	s.sock.startPass()
 	for !s.isDead() {
 		if s.draining.Load() {
 			s.stopReading()

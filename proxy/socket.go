@@ -157,8 +157,16 @@ func (c *clientSocket) close(o *output) bool {
 	return true
 }
 
+// readsPerPass is how many times a pass of the loop reads one client: once,
+// one buffer, so a client that never stops sending cannot keep the loop
+// from the others. What a full read left is read next pass (loop.again).
+const readsPerPass = 1
+
+// startPass gives the socket its reads for this pass of the loop.
+func (c *clientSocket) startPass() { c.reads = readsPerPass }
+
 // Read reads the socket for the request reader, at most c.reads times in
-// a pass: errWouldBlock when the pass's reads are used up, the last one
+// a pass (startPass): errWouldBlock when the pass's reads are used up, the last one
 // came back short (the socket is drained; if more came since, the set
 // reports it), or nothing is there.
 func (c *clientSocket) Read(b []byte) (int, error) {
