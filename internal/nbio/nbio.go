@@ -28,16 +28,7 @@ import (
 // Read reads fd once into b. It retries a call interrupted by a signal;
 // an empty socket gives unix.EAGAIN, the end of stream 0 and no error.
 func Read(fd int, b []byte) (int, error) {
-	for {
-		n, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(bufPointer(b)), uintptr(len(b)))
-		switch errno {
-		case 0:
-			return int(n), nil
-		case unix.EINTR:
-			continue
-		}
-		return 0, errno
-	}
+	return call(unix.SYS_READ, fd, bufPointer(b), len(b))
 }
 
 // Write writes as much of b as fd takes now. It retries interrupted and
@@ -46,17 +37,14 @@ func Read(fd int, b []byte) (int, error) {
 func Write(fd int, b []byte) (int, error) {
 	written := 0
 	for written < len(b) {
-		n, _, errno := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(bufPointer(b[written:])), uintptr(len(b)-written))
-		switch errno {
-		case 0:
-			if n == 0 {
-				return written, io.ErrShortWrite // a socket never takes nothing without EAGAIN
-			}
-			written += int(n)
-		case unix.EINTR:
-		default:
-			return written, errno
+		n, err := call(unix.SYS_WRITE, fd, bufPointer(b[written:]), len(b)-written)
+		if err != nil {
+			return written, err
 		}
+		if n == 0 {
+			return written, io.ErrShortWrite // a socket never takes nothing without EAGAIN
+		}
+		written += n
 	}
 	return written, nil
 }
@@ -64,11 +52,20 @@ func Write(fd int, b []byte) (int, error) {
 // Poll is epoll_wait(2) on epfd with a zero timeout: it returns at once
 // with the events ready now, at most len(events).
 func Poll(epfd int, events []unix.EpollEvent) (int, error) {
+	return call(unix.SYS_EPOLL_PWAIT, epfd, unsafe.Pointer(&events[0]), len(events))
+}
+
+// call makes the raw system call trap on fd with a buffer of n bytes (or
+// n events) at p, and epoll_pwait's other arguments 0 (no timeout, no
+// signal mask), again while a signal interrupts it. p stays a pointer
+// until the call itself: a uintptr made earlier would not follow the
+// buffer if the goroutine's stack moved in between.
+func call(trap uintptr, fd int, p unsafe.Pointer, n int) (int, error) {
 	for {
-		n, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+		r, _, errno := unix.RawSyscall6(trap, uintptr(fd), uintptr(p), uintptr(n), 0, 0, 0)
 		switch errno {
 		case 0:
-			return int(n), nil
+			return int(r), nil
 		case unix.EINTR:
 			continue
 		}
