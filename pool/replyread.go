@@ -61,9 +61,9 @@ func (r *replyReader) Read(b []byte, expecting func() bool) (int, error) {
 	r.buf, r.expecting = nil, nil
 	switch {
 	case err != nil: // the read deadline, or the socket closed (Break)
-		return 0, err
+		return 0, rawError(r.nc, "read", err)
 	case rerr != nil:
-		return 0, os.NewSyscallError("read", rerr)
+		return 0, rawError(r.nc, "read", os.NewSyscallError("read", rerr))
 	case n == 0:
 		return 0, io.EOF
 	}
@@ -89,27 +89,4 @@ func (r *replyReader) readOnce(fd uintptr) bool {
 		r.err = err
 	}
 	return true
-}
-
-// rawSocket returns nc's socket for reading and writing it directly (with
-// nbio's raw system calls), or nil when nc is not a plain TCP or unix
-// socket (TLS).
-func rawSocket(nc net.Conn) syscall.RawConn {
-	if cc, ok := nc.(countedConn); ok {
-		nc = cc.Conn
-	}
-	var sc syscall.Conn
-	switch c := nc.(type) {
-	case *net.TCPConn:
-		sc = c
-	case *net.UnixConn:
-		sc = c
-	default:
-		return nil
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	return raw
 }

@@ -2,7 +2,10 @@ package pool
 
 import (
 	"context"
+	"errors"
+	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -51,5 +54,23 @@ func TestReplyTimeoutWhileWaiting(t *testing.T) {
 	}
 	if d := time.Since(start); d > 900*time.Millisecond {
 		t.Fatalf("timed out after %v, want about 200ms", d)
+	}
+}
+
+// TestReplyReaderErrorsReadAsNetConns: a read that fails through the raw
+// socket says what net.Conn's would: a deadline is a timeout, and the
+// error names the read and the connection.
+func TestReplyReaderErrorsReadAsNetConns(t *testing.T) {
+	c, _ := tcpPair(t)
+	var counted atomic.Int64
+	r := newReplyReader(c, false, &counted)
+	if r.raw == nil {
+		t.Fatal("a TCP connection must be read raw")
+	}
+	_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	_, err := r.Read(make([]byte, 64), func() bool { return true })
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() || !strings.HasPrefix(err.Error(), "read tcp ") {
+		t.Fatalf("read past the deadline: %v, want a timeout that says read tcp", err)
 	}
 }

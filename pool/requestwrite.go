@@ -57,8 +57,7 @@ func (w *requestWriter) Write(b []byte) (int, error) {
 		err = w.err
 	}
 	if err != nil {
-		// As net.Conn.Write says it, for the logs.
-		return n, &net.OpError{Op: "write", Net: w.nc.LocalAddr().Network(), Source: w.nc.LocalAddr(), Addr: w.nc.RemoteAddr(), Err: underlying(err)}
+		return n, rawError(w.nc, "write", err)
 	}
 	return n, nil
 }
@@ -76,13 +75,4 @@ func (w *requestWriter) writeSome(fd uintptr) bool {
 		w.err = os.NewSyscallError("write", err)
 	}
 	return true
-}
-
-// underlying unwraps the error RawConn.Write gives (an *net.OpError of
-// op "raw-write"), so that it is not said twice.
-func underlying(err error) error {
-	if oe, ok := err.(*net.OpError); ok {
-		return oe.Err
-	}
-	return err
 }
