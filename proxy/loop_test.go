@@ -522,7 +522,8 @@ func TestPausedClientsHoldNoGoroutine(t *testing.T) {
 // the light client too, only later: while a light PING waited, funnel
 // answered a median of 60,000 of the streams' PINGs (27,000-198,000), and
 // 16,000 (5,000-33,000) with the rule. The test checks the property that
-// matters to the light client, an answer while the streams go on.
+// matters to the light client, an answer while the streams go on;
+// TestOneReadPerPass checks the rule itself.
 func TestStreamingClientsCannotStarveOthers(t *testing.T) {
 	f := startFunnel(t, Options{MaxPipeline: 1 << 20}, pool.Options{})
 	stop := make(chan struct{})
