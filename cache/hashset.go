@@ -72,6 +72,9 @@ func (c *Cache) BeginHashSet(db int, key []byte, pairs [][]byte, stripes []uint3
 // spoilRun marks the run of key, if any, as met by another write. mu must
 // be held.
 func (c *Cache) spoilRun(db int, key []byte) {
+	if len(c.runs) == 0 {
+		return // the common case: no map lookup, no hash of key
+	}
 	if run := c.runs[runKey{db, string(key)}]; run != nil {
 		run.clean = false
 	}

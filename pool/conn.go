@@ -1,18 +1,13 @@
 package pool
 
 import (
-	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"math/rand/v2"
 	"net"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/funnel-proxy/funnel/resp"
 )
 
 // Connection states, kept in Conn.state.
@@ -81,9 +76,19 @@ type Conn struct {
 	// push, when set, makes this a push connection (see NewPushConn).
 	push PushHandler
 
-	// queue holds submitted requests not yet written. It is bounded; Submit
-	// waits (with its context) while it is full, which pushes back on clients.
-	queue chan *Request
+	// qmu guards queued, the requests submitted and not yet taken by the
+	// writer, and roomMade. It is held only for a few pointer moves.
+	qmu    sync.Mutex
+	queued line
+	// queueLen bounds queued; Submit waits (with its context) while it is
+	// full, which pushes back on clients.
+	queueLen int
+	// roomMade, when not nil, is closed once the writer takes from the
+	// queue: what Submit waits on while the queue is full.
+	roomMade chan struct{}
+	// wake holds a token once a request comes to an empty queue, for the
+	// slot's goroutine (run or the writer) waiting for work.
+	wake chan struct{}
 	// load counts requests submitted and not yet completed.
 	load atomic.Int64
 	// enqueued counts requests queued, raised after each one is in the
@@ -104,16 +109,29 @@ type Conn struct {
 	lastErr  error
 	retryAt  time.Time
 	failures int
+	// written holds the requests the writer handed over and the reader has
+	// not taken yet, in the order they were written.
+	written line
 	// outstanding counts written requests whose replies are not all read; it
-	// decides the read deadline (see armDeadline).
-	outstanding int
+	// decides the read deadline (see armDeadline). It changes only with mu
+	// held, and is read without it.
+	outstanding atomic.Int64
 	deadlineAt  time.Time
 	noDeadline  bool // a request without a reply deadline is outstanding
 	nc          net.Conn
+
+	// writerWaits is set while the writer waits for replies because
+	// MaxInFlight requests are outstanding; the reader then puts a token in
+	// repliesRead.
+	writerWaits atomic.Bool
+	repliesRead chan struct{}
 }
 
 func newConn(p *Pool, role Role, queueLen int) *Conn {
-	c := &Conn{pool: p, role: role, queue: make(chan *Request, queueLen)}
+	c := &Conn{
+		pool: p, role: role, queueLen: queueLen,
+		wake: make(chan struct{}, 1), repliesRead: make(chan struct{}, 1),
+	}
 	if role != SharedLane {
 		c.stop = make(chan struct{})
 	}
@@ -151,19 +169,20 @@ func (c *Conn) usable() bool {
 // cases r is completed with an error. Either way r.Done hears exactly once.
 func (c *Conn) Submit(ctx context.Context, r *Request) {
 	c.load.Add(1)
-	select {
-	case c.queue <- r:
-		c.enqueued.Add(1)
-		return
-	default:
-	}
-	select {
-	case c.queue <- r:
-		c.enqueued.Add(1)
-	case <-ctx.Done():
-		c.complete(r, nil, &Error{Kind: Closed, Err: ctx.Err()})
-	case <-c.pool.closing:
-		c.complete(r, nil, &Error{Kind: Closed, Err: ErrClosed})
+	for {
+		room := c.enqueue(r, true)
+		if room == nil {
+			return
+		}
+		select {
+		case <-room:
+		case <-ctx.Done():
+			c.complete(r, nil, &Error{Kind: Closed, Err: ctx.Err()})
+			return
+		case <-c.pool.closing:
+			c.complete(r, nil, &Error{Kind: Closed, Err: ErrClosed})
+			return
+		}
 	}
 }
 
@@ -171,14 +190,64 @@ func (c *Conn) Submit(ctx context.Context, r *Request) {
 // if not, r is left alone.
 func (c *Conn) TrySubmit(r *Request) bool {
 	c.load.Add(1)
-	select {
-	case c.queue <- r:
-		c.enqueued.Add(1)
-		return true
-	default:
+	if c.enqueue(r, false) != nil {
 		c.load.Add(-1)
 		return false
 	}
+	return true
+}
+
+// full is what enqueue returns when the queue is full and the caller does
+// not wait.
+var full = make(chan struct{})
+
+// enqueue adds r to the queue and returns nil, or, when the queue is full,
+// returns a channel closed once there may be room: a fresh one if wait is
+// set, else full.
+func (c *Conn) enqueue(r *Request, wait bool) <-chan struct{} {
+	c.qmu.Lock()
+	if c.queued.n >= c.queueLen {
+		defer c.qmu.Unlock()
+		if !wait {
+			return full
+		}
+		if c.roomMade == nil {
+			c.roomMade = make(chan struct{})
+		}
+		return c.roomMade
+	}
+	c.queued.push(r)
+	wasEmpty := c.queued.n == 1
+	c.enqueued.Add(1)
+	c.qmu.Unlock()
+	if wasEmpty {
+		select {
+		case c.wake <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// takeQueued takes every queued request, in order, and lets waiting
+// submitters in.
+func (c *Conn) takeQueued() line {
+	c.qmu.Lock()
+	l := c.queued.take()
+	if c.roomMade != nil && l.n > 0 {
+		close(c.roomMade)
+		c.roomMade = nil
+	}
+	c.qmu.Unlock()
+	return l
+}
+
+// unqueue puts requests taken from the queue and not written back at its
+// front, where serve fails them.
+func (c *Conn) unqueue(l line) {
+	c.qmu.Lock()
+	c.queued.prepend(l)
+	c.qmu.Unlock()
 }
 
 // Close ends an exclusive, push or admin connection: what is on it fails,
@@ -234,16 +303,30 @@ func (c *Conn) counted(err error) {
 // breaks, and starts over. It ends when the pool closes or c is closed.
 func (c *Conn) run() {
 	defer c.pool.wg.Done()
+	var todo line
 	for {
-		var first *Request
 		select {
-		case first = <-c.queue:
 		case <-c.pool.closing:
+			c.unqueue(todo)
 			c.failAll(&Error{Kind: Closed, Err: ErrClosed})
 			return
 		case <-c.stop:
+			c.unqueue(todo)
 			c.failAll(&Error{Kind: Lost, Err: errStopped})
 			return
+		default:
+		}
+		if todo.n == 0 {
+			todo = c.takeQueued()
+		}
+		first := todo.pop()
+		if first == nil {
+			select {
+			case <-c.wake:
+			case <-c.pool.closing:
+			case <-c.stop:
+			}
+			continue
 		}
 		if first.cancelled() {
 			c.complete(first, nil, &Error{Kind: Closed, Err: ErrCancelled})
@@ -260,10 +343,14 @@ func (c *Conn) run() {
 			c.pool.log.Warn("upstream dial failed; funnel retries when the next command needs it (check the upstream URL, its password and that it is reachable)",
 				"lane", c.role.String(), "upstream", c.pool.upstream.String(), "err", err)
 			c.complete(first, nil, err)
+			c.unqueue(todo)
+			todo = line{}
 			c.failQueued(err)
 			continue
 		}
 		c.upstreamID.Store(id)
+		c.unqueue(todo)
+		todo = line{}
 		c.serve(nc, first)
 		c.upstreamID.Store(0)
 	}
@@ -298,23 +385,25 @@ func (c *Conn) setDown(err error) {
 
 // failAll fails every queued request, as c ends for good.
 func (c *Conn) failAll(err error) {
-	for len(c.queue) > 0 {
-		c.failQueued(err)
+	for c.failQueued(err) > 0 {
 	}
 }
 
 // failQueued fails what is queued now, and not what comes meanwhile:
 // clients whose requests fail may send the next one at once, and an
-// unbounded drain would keep failing them instead of redialing.
-func (c *Conn) failQueued(err error) {
-	for n := len(c.queue); n > 0; n-- {
-		select {
-		case r := <-c.queue:
-			c.complete(r, nil, err)
-		default:
-			return
-		}
+// unbounded drain would keep failing them instead of redialing. It returns
+// how many it failed.
+func (c *Conn) failQueued(err error) int {
+	return c.fail(c.takeQueued(), err)
+}
+
+// fail completes every request of l with err, and returns how many.
+func (c *Conn) fail(l line, err error) int {
+	n := l.n
+	for r := l.pop(); r != nil; r = l.pop() {
+		c.complete(r, nil, err)
 	}
+	return n
 }
 
 // serve runs one live connection: this goroutine writes, a second one reads.
@@ -322,7 +411,8 @@ func (c *Conn) failQueued(err error) {
 // has been answered or failed.
 func (c *Conn) serve(nc net.Conn, first *Request) {
 	c.mu.Lock()
-	c.failures, c.outstanding, c.nc = 0, 0, nc
+	c.failures, c.nc = 0, nc
+	c.outstanding.Store(0)
 	c.deadlineAt, c.noDeadline = time.Time{}, c.push != nil
 	c.mu.Unlock()
 	c.state.Store(stateUp)
@@ -330,7 +420,6 @@ func (c *Conn) serve(nc net.Conn, first *Request) {
 	gauge.Inc()
 	defer gauge.Dec()
 
-	inflight := make(chan *Request, c.pool.opts.MaxInFlight)
 	broken := make(chan struct{})
 	var once sync.Once
 	var cause error
@@ -346,16 +435,17 @@ func (c *Conn) serve(nc net.Conn, first *Request) {
 	go func() {
 		defer close(readerDone)
 		var err error
-		cut, err = c.readLoop(nc, inflight)
+		cut, err = c.readLoop(nc)
 		breakConn(err)
 	}()
-	if err := c.writeLoop(nc, first, inflight, broken); err != nil {
+	if err := c.writeLoop(nc, first, broken); err != nil {
 		breakConn(err)
 	}
 	<-readerDone
 	c.state.Store(stateIdle)
 	c.mu.Lock()
 	c.nc = nil
+	unanswered := c.written.take()
 	c.mu.Unlock()
 
 	failure := asPoolError(cause)
@@ -364,16 +454,7 @@ func (c *Conn) serve(nc net.Conn, first *Request) {
 		lost++
 		c.complete(cut, nil, failure)
 	}
-	for {
-		select {
-		case r := <-inflight:
-			lost++
-			c.complete(r, nil, failure)
-			continue
-		default:
-		}
-		break
-	}
+	lost += c.fail(unanswered, failure)
 	// Requests still queued were never written; they fail too, rather than
 	// move to another connection, so that a client's later commands cannot
 	// overtake its earlier ones.
@@ -405,243 +486,3 @@ var errStopped = errors.New("connection discarded")
 // errIdleClosed means the upstream closed a connection that had nothing in
 // flight; hosted Redis services do this to idle clients. It is not a failure.
 var errIdleClosed = errors.New("closed by upstream while idle")
-
-// writeLoop writes requests as they come and flushes whenever the queue runs
-// dry, which pipelines the commands of all clients that share c.
-func (c *Conn) writeLoop(nc net.Conn, first *Request, inflight chan<- *Request, broken <-chan struct{}) error {
-	bw := bufio.NewWriterSize(newRequestWriter(nc, c.pool.opts.Timeout, &c.pool.metrics.UpstreamWritten), writeBuf)
-	next := first
-	for {
-		if next == nil {
-			select {
-			case next = <-c.queue:
-			case <-broken:
-				return nil
-			case <-c.stop:
-				return errStopped
-			case <-c.pool.closing:
-				// Let what was written finish: the reader ends once it has
-				// every reply, or the shutdown deadline closes the socket.
-				c.drainOnClose()
-				return nil
-			}
-		}
-		// One clock read for the requests one write carries.
-		now := time.Now()
-		for next != nil {
-			if next.cancelled() {
-				c.complete(next, nil, &Error{Kind: Closed, Err: ErrCancelled})
-			} else if err := c.writeOne(bw, next, now, inflight, broken); err != nil {
-				return err
-			}
-			select {
-			case next = <-c.queue:
-			default:
-				// Before flushing, let the goroutines that are ready to run
-				// here (clients' readers just woken with a command) queue
-				// theirs, so one write carries many clients' commands.
-				runtime.Gosched()
-				select {
-				case next = <-c.queue:
-				default:
-					next = nil
-				}
-			}
-		}
-		if err := bw.Flush(); err != nil {
-			return err
-		}
-	}
-}
-
-// writeOne puts r in the in-flight line (push connections complete it
-// instead: their replies are not matched to requests) and writes it.
-func (c *Conn) writeOne(bw *bufio.Writer, r *Request, now time.Time, inflight chan<- *Request, broken <-chan struct{}) error {
-	if c.push == nil {
-		// The line almost always has room: a plain send costs one channel
-		// lock, the select below two and a sort.
-		select {
-		case inflight <- r:
-		default:
-			select {
-			case inflight <- r:
-			case <-broken:
-				c.complete(r, nil, &Error{Kind: Lost, Err: errors.New("connection broke before the command was sent")})
-				return errors.New("connection broke")
-			}
-		}
-		c.armDeadline(r.Timeout, now)
-	}
-	if r.Duration != nil {
-		r.writtenAt = now
-	}
-	_, err := bw.Write(r.Raw)
-	r.sent.Store(true)
-	if c.push != nil {
-		if err == nil {
-			err = bw.Flush()
-		}
-		c.complete(r, nil, asErr(err))
-	}
-	return err
-}
-
-func asErr(err error) error {
-	if err == nil {
-		return nil
-	}
-	return &Error{Kind: Lost, Err: err}
-}
-
-// drainOnClose waits, after the pool began closing, until every written
-// request has its reply, then closes the connection so the reader ends.
-func (c *Conn) drainOnClose() {
-	for {
-		c.mu.Lock()
-		n := c.outstanding
-		nc := c.nc
-		c.mu.Unlock()
-		if n == 0 || c.push != nil {
-			nc.Close()
-			return
-		}
-		select {
-		case <-c.pool.shutdownExpired:
-			nc.Close()
-			return
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-}
-
-// armDeadline is called before a request is written. A connection going
-// from idle to busy gets a read deadline; the reader extends it as replies
-// arrive. So a stalled upstream fails the connection after the timeout even
-// while new requests keep coming, and an idle connection has no deadline.
-func (c *Conn) armDeadline(timeout time.Duration, now time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	switch {
-	case timeout == NoTimeout:
-		// A command that may block for ever (BLPOP ... 0). Only exclusive
-		// connections carry these; TCP keepalive notices a dead upstream.
-		c.deadlineAt = time.Time{}
-		_ = c.nc.SetReadDeadline(time.Time{})
-		c.noDeadline = true
-	case c.noDeadline:
-	case c.outstanding == 0 || timeout > c.pool.opts.Timeout:
-		c.setReadDeadline(now.Add(max(timeout, c.pool.opts.Timeout)))
-	}
-	c.outstanding++
-}
-
-// replied is called by the reader after a request's last reply, with the
-// time of the read that brought it.
-func (c *Conn) replied(now time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.outstanding--
-	if c.outstanding == 0 {
-		c.noDeadline = false
-		c.setReadDeadline(time.Time{})
-		return
-	}
-	if c.noDeadline {
-		return
-	}
-	// Move the deadline only when half of it is used up: SetReadDeadline
-	// costs a timer update, and replies can come by the hundred thousand.
-	if c.deadlineAt.Sub(now) < c.pool.opts.Timeout/2 {
-		c.setReadDeadline(now.Add(c.pool.opts.Timeout))
-	}
-}
-
-// setReadDeadline must be called with mu held.
-func (c *Conn) setReadDeadline(t time.Time) {
-	if t.After(c.deadlineAt) || t.IsZero() {
-		c.deadlineAt = t
-		_ = c.nc.SetReadDeadline(t)
-	}
-}
-
-// readLoop reads replies and hands each to the oldest written request (or,
-// on a push connection, to the handler). It returns the error that ended
-// the connection, and the request whose reply was cut off by it, if any:
-// that one is failed by serve once the writer has stopped, since the writer
-// may still be writing it.
-func (c *Conn) readLoop(nc net.Conn, inflight <-chan *Request) (head *Request, err error) {
-	buf := make([]byte, readBuf)
-	start, end := 0, 0
-	var scan resp.ReplyScanner
-	got := 0
-	var batch Batch
-	defer batch.Flush()
-	var readAt time.Time
-	rr := newReplyReader(nc, c.push != nil, &c.pool.metrics.UpstreamRead)
-	// A reply may be on its way while a request is in flight or one is
-	// partly read.
-	expecting := func() bool { return head != nil || len(inflight) > 0 || start < end }
-	for {
-		n, serr := scan.Scan(buf[start:end])
-		if err = serr; err != nil {
-			return head, &Error{Kind: Protocol, Err: err}
-		}
-		if n > 0 {
-			switch {
-			case c.push != nil:
-				c.push.Push(buf[start:start+n], &batch)
-			default:
-				if head == nil {
-					select {
-					case head = <-inflight:
-					default:
-						return nil, &Error{Kind: Protocol, Err: fmt.Errorf("reply with no request: %q", resp.Quote(buf[start:start+n], 64))}
-					}
-					got = 0
-				}
-				got++
-				if got == head.replies() {
-					head.awaitSent()
-					if head.Duration != nil {
-						head.Duration.Observe(readAt.Sub(head.writtenAt).Seconds())
-					}
-					c.completeBatched(head, buf[start:start+n], &batch)
-					head = nil
-					c.replied(readAt)
-				}
-			}
-			start += n
-			continue
-		}
-		// Need more bytes: first send on the replies completed so far,
-		// then make room, then read.
-		batch.Flush()
-		if start == end {
-			start, end = 0, 0
-			if len(buf) > maxIdleBuf {
-				buf = make([]byte, readBuf)
-			}
-		} else if start > 0 {
-			end = copy(buf, buf[start:end])
-			start = 0
-		}
-		if end == len(buf) {
-			grown := make([]byte, 2*len(buf))
-			copy(grown, buf[:end])
-			buf = grown
-		}
-		m, rerr := rr.Read(buf[end:], expecting)
-		readAt = time.Now() // one clock read for the replies one read brings
-		end += m
-		if err = rerr; err != nil {
-			var ne net.Error
-			switch {
-			case errors.As(err, &ne) && ne.Timeout():
-				return head, &Error{Kind: Timeout, Err: fmt.Errorf("no reply within %v", c.pool.opts.Timeout)}
-			case head == nil && len(inflight) == 0 && end == start:
-				return nil, fmt.Errorf("%w: %v", errIdleClosed, err)
-			}
-			return head, err
-		}
-	}
-}

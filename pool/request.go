@@ -151,6 +151,8 @@ type Request struct {
 	// bytes went out, but the socket gives no happens-before edge, and the
 	// completer may reuse Raw at once.
 	sent atomic.Bool
+	// lineNext links r in the line it is in (see line).
+	lineNext *Request
 }
 
 // NoTimeout is a Request.Timeout for a reply that may never come on its own.

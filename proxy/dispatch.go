@@ -31,13 +31,18 @@ func (s *session) input(cmd resp.Command) (last bool) {
 	if !s.out.push(r) {
 		return true
 	}
-	s.mu.Lock()
-	if s.suspended {
-		s.parked = append(s.parked, r)
+	// Only this goroutine suspends dispatching, so seen clear it stays
+	// clear; the resumer clears it after dispatching, so the load also
+	// orders the client state the resumer wrote before this dispatch.
+	if s.suspended.Load() {
+		s.mu.Lock()
+		if s.suspended.Load() {
+			s.parked = append(s.parked, r)
+			s.mu.Unlock()
+			return last
+		}
 		s.mu.Unlock()
-		return last
 	}
-	s.mu.Unlock()
 	s.route(r)
 	return last
 }
@@ -51,7 +56,7 @@ func (s *session) offload(wait func()) {
 		return
 	}
 	s.mu.Lock()
-	s.suspended = true
+	s.suspended.Store(true)
 	s.mu.Unlock()
 	s.srv.wg.Add(1)
 	s.resumers.Add(1)
@@ -72,7 +77,7 @@ func (s *session) resumeParked() {
 		s.mu.Lock()
 		if len(s.parked) == 0 || s.isDead() {
 			s.resuming = false
-			s.suspended = false
+			s.suspended.Store(false)
 			s.mu.Unlock()
 			if s.isDead() {
 				s.cancelParked()

@@ -285,10 +285,7 @@ func (l *loop) close(s *session) {
 	// Cleaning up waits only for a resumer that is dispatching the
 	// session's commands; without one it is quick and runs here, so a
 	// thousand clients leaving at once do not start a thousand goroutines.
-	s.mu.Lock()
-	resuming := s.suspended
-	s.mu.Unlock()
-	if resuming {
+	if s.suspended.Load() {
 		go s.finish() // counted in srv.wg since accept
 	} else {
 		s.finish()

@@ -101,14 +101,37 @@ func (o *output) peek() *request {
 	return o.head
 }
 
+// takeReady returns the head if it is done, and nil if not. It takes it off
+// the queue as well (popped), unless its reply is large: that one is written
+// straight from the request, maybe over several drains, and popped after.
+func (o *output) takeReady() (r *request, popped bool) {
+	o.qmu.Lock()
+	r = o.head
+	if r == nil || r.state.Load() != done {
+		o.qmu.Unlock()
+		return nil, false
+	}
+	if r.err == nil && !r.suppress && len(r.replyBytes()) >= largeReply {
+		o.qmu.Unlock()
+		return r, false
+	}
+	o.popLocked(r)
+	o.qmu.Unlock()
+	return r, true
+}
+
 // pop takes r, the head, off the queue.
 func (o *output) pop(r *request) {
 	o.qmu.Lock()
+	o.popLocked(r)
+	o.qmu.Unlock()
+}
+
+func (o *output) popLocked(r *request) {
 	o.head = r.next
 	if o.head == nil {
 		o.tail = nil
 	}
-	o.qmu.Unlock()
 	r.next = nil
 	o.queued.Add(-1)
 }
@@ -161,8 +184,8 @@ func (o *output) drainLocked(flush bool) {
 	}
 	var now time.Time // one clock read for the replies sent together
 	for o.closeAfter == notClosed {
-		r := o.peek()
-		if r == nil || r.state.Load() != done {
+		r, popped := o.takeReady()
+		if r == nil {
 			break
 		}
 		if now.IsZero() {
@@ -173,7 +196,7 @@ func (o *output) drainLocked(flush bool) {
 			if r.undelivered != nil {
 				undelivered = bytes.Clone(r.replyBytes())
 			}
-			if b := r.replyBytes(); len(b) >= largeReply {
+			if b := r.replyBytes(); !popped {
 				if !o.flushLocked() || o.stalled || !o.writeLarge(b) {
 					return
 				}
@@ -185,7 +208,9 @@ func (o *output) drainLocked(flush bool) {
 			o.buf = resp.AppendError(o.buf, "ERR "+r.err.Error())
 		}
 		drop := r.undelivered
-		o.pop(r)
+		if !popped {
+			o.pop(r)
+		}
 		o.off = 0
 		o.closeAfter = r.closeAfter
 		o.s.replySent(r, now)

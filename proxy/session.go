@@ -42,10 +42,12 @@ type session struct {
 	batching atomic.Bool
 
 	// The dispatch hand-off between the reader and the resumer; see
-	// dispatch.go. mu guards parked and suspended.
+	// dispatch.go. mu guards parked, and suspended's changes: only the
+	// reader sets suspended, so the reader may read it without mu (see
+	// input).
 	mu        sync.Mutex
 	parked    []*request
-	suspended bool
+	suspended atomic.Bool
 	// resuming is set while the resumer dispatches; only the dispatching
 	// goroutine reads or writes it.
 	resuming bool
