@@ -1,0 +1,109 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/funnel-proxy/funnel/internal/redistest"
+)
+
+// TestTinyBoundsKeepOrder sends many clients' commands through one
+// connection whose queue holds 2 requests and which writes at most 3 before
+// their replies are read, so submitters keep waiting for room and the
+// writer for replies: every client still gets every reply, in its order.
+func TestTinyBoundsKeepOrder(t *testing.T) {
+	rs := redistest.Start(t)
+	p := newPool(t, "redis://"+rs.Addr, Options{Size: 1, QueueLen: 2, MaxInFlight: 3})
+	const clients, each = 8, 300
+	// Bounded, so that a submitter never let in fails the test, not hangs it.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	for g := range clients {
+		wg.Go(func() {
+			key := fmt.Sprintf("n%d", g)
+			raw := fmt.Sprintf("*2\r\n$4\r\nINCR\r\n$%d\r\n%s\r\n", len(key), key)
+			results := make([]*result, each)
+			for i := range results {
+				results[i] = newResult()
+				// Half wait for room, half only take it when there is some.
+				if i%2 == 0 || !p.TrySubmit(p.conns[0], &Request{Raw: []byte(raw), Done: results[i]}) {
+					p.Submit(ctx, p.conns[0], &Request{Raw: []byte(raw), Done: results[i]})
+				}
+			}
+			for i, r := range results {
+				got, err := r.wait(t)
+				if want := fmt.Sprintf(":%d\r\n", i+1); err != nil || got != want {
+					errs <- fmt.Errorf("client %d, reply %d: %q %v, want %q", g, i, got, err, want)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// TestFullQueueWaits fills a connection: a BLPOP that blocks holds its one
+// in-flight place, the writer holds the next request and the queue the one
+// after. Then TrySubmit refuses, and Submit waits until its context ends
+// and fails its request; once the BLPOP is served, what was held goes
+// through in order.
+func TestFullQueueWaits(t *testing.T) {
+	rs := redistest.Start(t)
+	p := newPool(t, "redis://"+rs.Addr, Options{Size: 1, QueueLen: 1, MaxInFlight: 1})
+	c := p.conns[0]
+	blpop, second, third := newResult(), newResult(), newResult()
+	p.Submit(context.Background(), c, &Request{Raw: []byte("*3\r\n$5\r\nBLPOP\r\n$1\r\nq\r\n$1\r\n0\r\n"), Timeout: NoTimeout, Done: blpop})
+	p.Submit(context.Background(), c, &Request{Raw: []byte("*2\r\n$4\r\nINCR\r\n$1\r\na\r\n"), Done: second})
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Load() != 2 || queuedNow(c) != 0 { // the writer took the second
+		if time.Now().After(deadline) {
+			t.Fatal("the writer never took the second request")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	p.Submit(context.Background(), c, &Request{Raw: []byte("*2\r\n$4\r\nINCR\r\n$1\r\na\r\n"), Done: third})
+
+	refused := newResult()
+	if p.TrySubmit(c, &Request{Raw: []byte("*1\r\n$4\r\nPING\r\n"), Done: refused}) {
+		t.Fatal("TrySubmit queued on a full queue")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	waited := newResult()
+	start := time.Now()
+	p.Submit(ctx, c, &Request{Raw: []byte("*1\r\n$4\r\nPING\r\n"), Done: waited})
+	if _, err := waited.wait(t); !errors.Is(err, context.DeadlineExceeded) || time.Since(start) < 40*time.Millisecond {
+		t.Fatalf("Submit on a full queue: %v after %v", err, time.Since(start))
+	}
+
+	if _, err := rs.Do("RPUSH", "q", "x"); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []struct {
+		r    *result
+		want string
+	}{{blpop, "*2\r\n$1\r\nq\r\n$1\r\nx\r\n"}, {second, ":1\r\n"}, {third, ":2\r\n"}} {
+		if got, err := w.r.wait(t); err != nil || got != w.want {
+			t.Fatalf("got %q %v, want %q", got, err, w.want)
+		}
+	}
+	if got, _ := rs.DoRaw("GET", "a"); got != "$1\r\n2\r\n" {
+		t.Fatalf("GET a: %q, want 2 (the refused and cancelled requests must not run)", got)
+	}
+}
+
+func queuedNow(c *Conn) int {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	return c.queued.n
+}
