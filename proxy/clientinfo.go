@@ -49,10 +49,14 @@ func (c *clientInfo) init(conn net.Conn, id int64) {
 // no allocation per command; an unknown command leaves the last one shown,
 // so nothing a client sends is kept.
 func (c *clientInfo) setLastCommand(info *command.Info, at time.Time) {
-	if info != nil {
+	// Loads before stores: a pipeline repeats its command and read time, and
+	// an unchanged value is not written again.
+	if info != nil && c.lastCmd.Load() != &info.Name {
 		c.lastCmd.Store(&info.Name)
 	}
-	c.lastActive.Store(at.UnixNano())
+	if ns := at.UnixNano(); c.lastActive.Load() != ns {
+		c.lastActive.Store(ns)
+	}
 }
 
 func (c *clientInfo) setName(name string) {

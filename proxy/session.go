@@ -242,7 +242,7 @@ func (s *session) hasRoom() bool {
 
 // roomMade resumes reading a client paused for room, once.
 func (s *session) roomMade() {
-	if s.awaitingRoom.CompareAndSwap(true, false) {
+	if s.awaitingRoom.Load() && s.awaitingRoom.CompareAndSwap(true, false) {
 		s.sock.loop.post(loopTask{kind: resumeClient, s: s})
 	}
 }
