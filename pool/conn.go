@@ -197,19 +197,19 @@ func (c *Conn) TrySubmit(r *Request) bool {
 	return true
 }
 
-// full is what enqueue returns when the queue is full and the caller does
+// noRoom is what enqueue returns when the queue is full and the caller does
 // not wait.
-var full = make(chan struct{})
+var noRoom = make(chan struct{})
 
 // enqueue adds r to the queue and returns nil, or, when the queue is full,
 // returns a channel closed once there may be room: a fresh one if wait is
-// set, else full.
+// set, else noRoom.
 func (c *Conn) enqueue(r *Request, wait bool) <-chan struct{} {
 	c.qmu.Lock()
 	if c.queued.n >= c.queueLen {
 		defer c.qmu.Unlock()
 		if !wait {
-			return full
+			return noRoom
 		}
 		if c.roomMade == nil {
 			c.roomMade = make(chan struct{})
