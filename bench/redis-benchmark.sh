@@ -7,7 +7,7 @@
 # script ends.
 #
 # Rows (redis-benchmark -t get,set; each run does N SETs then N GETs):
-#   -c 1 -P 1 (N1 requests), -c 50 -P 1, -c 50 -P 16, -c 500 -P 1,
+#   -c 1 -P 1 (N1 requests), -c 50 -P 1, -c 50 -P 16 (N16 requests), -c 500 -P 1,
 #   -c 50 -P 1 -r 100000 -d 512 (random keys, 512-byte values: coalescing
 #   cannot help).
 # Tables: requests/s and the ratio to direct; p50/p99 latency in µs (from
@@ -17,15 +17,17 @@
 # switches per request of the target process (voluntary and involuntary, all
 # its threads, from /proc/<pid>/task/*/status).
 #
-#   make build && bench/redis-benchmark.sh          # ROUNDS=3 N=100000 N1=20000
-#   ROUNDS=1 N=20000 N1=5000 bench/redis-benchmark.sh
+#   make build && bench/redis-benchmark.sh          # ROUNDS=3 N=100000 N1=20000 N16=1000000
+#   ROUNDS=1 N=20000 N1=5000 N16=100000 bench/redis-benchmark.sh
 #   PREDIXY=/work/predixy-bin/predixy bench/redis-benchmark.sh
 #   PREDIXY_SRC=/path/to/predixy-checkout bench/redis-benchmark.sh   # builds it first
 #   TARGETS="direct funnel" FUNNEL_FLAGS="--pool-size 4" bench/redis-benchmark.sh
 #   TARGETS="direct baseline funnel" BASELINE=/tmp/funnel-old bench/redis-benchmark.sh  # A/B two builds
 #
 # Environment:
-#   ROUNDS (3), N (100000), N1 (20000, the -c 1 row), FUNNEL (bin/funnel),
+#   ROUNDS (3), N (100000), N1 (20000, the -c 1 row), N16 (10*N, the -P 16 row:
+#   at 0.7M requests/s, N alone is over in a seventh of a second, too short
+#   to tell targets apart), FUNNEL (bin/funnel),
 #   FUNNEL_FLAGS (extra funnel flags, split on spaces), TARGETS (default
 #   "direct funnel twemproxy", plus predixy when PREDIXY or PREDIXY_SRC gives
 #   one), BASELINE (a second funnel binary, the "baseline" target, run with
@@ -37,6 +39,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 N=${N:-100000}
 N1=${N1:-20000}
+N16=${N16:-$((10 * N))}
 FUNNEL=${FUNNEL:-bin/funnel}
 FUNNEL_FLAGS=${FUNNEL_FLAGS:-}
 LIMIT=${LIMIT:-1500}
@@ -183,7 +186,13 @@ hz=$(getconf CLK_TCK)
 switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'; }
 
 configs=("-c 1 -P 1" "-c 50 -P 1" "-c 50 -P 16" "-c 500 -P 1" "-c 50 -P 1 -r 100000 -d 512")
-nreq() { [ "$1" = "-c 1 -P 1" ] && echo "$N1" || echo "$N"; }
+nreq() {
+  case $1 in
+  "-c 1 -P 1") echo "$N1" ;;
+  "-c 50 -P 16") echo "$N16" ;;
+  *) echo "$N" ;;
+  esac
+}
 results="$dir/results" # cfg|test|target|rps|p50_us|p99_us
 cpu="$dir/cpu"         # cfg|target|cpu_us_per_request|switches_per_request
 : >"$results"; : >"$cpu"

@@ -234,12 +234,29 @@ func (c *Conn) enqueue(r *Request, wait bool) <-chan struct{} {
 func (c *Conn) takeQueued() line {
 	c.qmu.Lock()
 	l := c.queued.take()
-	if c.roomMade != nil && l.n > 0 {
+	c.roomMadeLocked(l.n)
+	c.qmu.Unlock()
+	return l
+}
+
+// popQueued takes the first queued request, or returns nil.
+func (c *Conn) popQueued() *Request {
+	c.qmu.Lock()
+	r := c.queued.pop()
+	if r != nil {
+		c.roomMadeLocked(1)
+	}
+	c.qmu.Unlock()
+	return r
+}
+
+// roomMadeLocked lets waiting submitters in once n requests left the
+// queue; qmu must be held.
+func (c *Conn) roomMadeLocked(n int) {
+	if c.roomMade != nil && n > 0 {
 		close(c.roomMade)
 		c.roomMade = nil
 	}
-	c.qmu.Unlock()
-	return l
 }
 
 // unqueue puts requests taken from the queue and not written back at its
@@ -303,23 +320,17 @@ func (c *Conn) counted(err error) {
 // breaks, and starts over. It ends when the pool closes or c is closed.
 func (c *Conn) run() {
 	defer c.pool.wg.Done()
-	var todo line
 	for {
 		select {
 		case <-c.pool.closing:
-			c.unqueue(todo)
 			c.failAll(&Error{Kind: Closed, Err: ErrClosed})
 			return
 		case <-c.stop:
-			c.unqueue(todo)
 			c.failAll(&Error{Kind: Lost, Err: errStopped})
 			return
 		default:
 		}
-		if todo.n == 0 {
-			todo = c.takeQueued()
-		}
-		first := todo.pop()
+		first := c.popQueued()
 		if first == nil {
 			select {
 			case <-c.wake:
@@ -343,14 +354,10 @@ func (c *Conn) run() {
 			c.pool.log.Warn("upstream dial failed; funnel retries when the next command needs it (check the upstream URL, its password and that it is reachable)",
 				"lane", c.role.String(), "upstream", c.pool.upstream.String(), "err", err)
 			c.complete(first, nil, err)
-			c.unqueue(todo)
-			todo = line{}
 			c.failQueued(err)
 			continue
 		}
 		c.upstreamID.Store(id)
-		c.unqueue(todo)
-		todo = line{}
 		c.serve(nc, first)
 		c.upstreamID.Store(0)
 	}
