@@ -6,14 +6,14 @@
 # median of the rounds. Everything listens on 127.0.0.1 and stops when the
 # script ends.
 #
-# Rows (redis-benchmark -t get,set; each run does N SETs then N GETs):
+# Rows (redis-benchmark -t get,set, or TESTS; each run does N SETs then N GETs):
 #   -c 1 -P 1 (N1 requests), -c 50 -P 1, -c 50 -P 16 (N16 requests), -c 500 -P 1,
 #   -c 50 -P 1 -r 100000 -d 512 (random keys, 512-byte values: coalescing
 #   cannot help).
 # Tables: requests/s and the ratio to direct; p50/p99 latency in µs (from
 # redis-benchmark --csv) and the µs each target adds over direct; CPU µs per
 # request of the target process (utime+stime from /proc/<pid>/stat around each
-# run, divided by 2N; for direct that is redis-server itself); context
+# run, divided by the requests of the run; for direct that is redis-server itself); context
 # switches per request of the target process (voluntary and involuntary, all
 # its threads, from /proc/<pid>/task/*/status).
 #
@@ -23,9 +23,11 @@
 #   PREDIXY_SRC=/path/to/predixy-checkout bench/redis-benchmark.sh   # builds it first
 #   TARGETS="direct funnel" FUNNEL_FLAGS="--pool-size 4" bench/redis-benchmark.sh
 #   TARGETS="direct baseline funnel" BASELINE=/tmp/funnel-old bench/redis-benchmark.sh  # A/B two builds
+#   TESTS=set bench/redis-benchmark.sh   # SETs only: at -P 16 a GET run of one key is partly
+#                                        # a measure of how many GETs happened to coalesce
 #
 # Environment:
-#   ROUNDS (3), N (100000), N1 (20000, the -c 1 row), N16 (10*N, the -P 16 row:
+#   TESTS (get,set: what redis-benchmark -t runs, get and/or set), ROUNDS (3), N (100000), N1 (20000, the -c 1 row), N16 (10*N, the -P 16 row:
 #   at 0.7M requests/s, N alone is over in a seventh of a second, too short
 #   to tell targets apart), FUNNEL (bin/funnel),
 #   FUNNEL_FLAGS (extra funnel flags, split on spaces), TARGETS (default
@@ -40,6 +42,11 @@ ROUNDS=${ROUNDS:-3}
 N=${N:-100000}
 N1=${N1:-20000}
 N16=${N16:-$((10 * N))}
+TESTS=${TESTS:-get,set}
+read -ra tests <<<"$(tr ',' ' ' <<<"${TESTS^^}" | tr ' ' '\n' | sort -r | tr '\n' ' ')" # SET before GET
+for test in "${tests[@]}"; do
+  case $test in SET | GET) ;; *) echo "unknown test $test in TESTS=$TESTS (get, set)" >&2; exit 1 ;; esac
+done
 FUNNEL=${FUNNEL:-bin/funnel}
 FUNNEL_FLAGS=${FUNNEL_FLAGS:-}
 LIMIT=${LIMIT:-1500}
@@ -205,15 +212,15 @@ for round in $(seq "$ROUNDS"); do
       lines=$(wc -l <"$results")
       before=$(ticks "${pid[$t]}") sw_before=$(switches "${pid[$t]}")
       # shellcheck disable=SC2086 # $cfg is a list of flags
-      timeout "$(cap 300)" redis-benchmark -p "${port[$t]}" -t get,set -n "$n" $cfg -q --csv 2>/dev/null >"$dir/run.csv" || true
+      timeout "$(cap 300)" redis-benchmark -p "${port[$t]}" -t "$TESTS" -n "$n" $cfg -q --csv 2>/dev/null >"$dir/run.csv" || true
       after=$(ticks "${pid[$t]}") sw_after=$(switches "${pid[$t]}")
       # Columns by the CSV header ("test","rps",...,"p50_latency_ms",...,"p99_latency_ms",...).
       tr -d '"' <"$dir/run.csv" | awk -F, -v t="$t" -v c="$cfg" '
         $1=="test" {for (i=1;i<=NF;i++) col[$i]=i; next}
         ($1=="GET"||$1=="SET") && col["rps"] {printf "%s|%s|%s|%.0f|%.0f|%.0f\n", c, $1, t, $(col["rps"]), $(col["p50_latency_ms"])*1000, $(col["p99_latency_ms"])*1000}' >>"$results"
-      if [ "$(wc -l <"$results")" -eq $((lines + 2)) ]; then
-        awk -v b="$before" -v a="$after" -v sb="$sw_before" -v sa="$sw_after" -v hz="$hz" -v n="$n" -v c="$cfg" -v t="$t" \
-          'BEGIN {printf "%s|%s|%.2f|%.3f\n", c, t, (a-b)/hz*1e6/(2*n), (sa-sb)/(2*n)}' >>"$cpu"
+      if [ "$(wc -l <"$results")" -eq $((lines + ${#tests[@]})) ]; then
+        awk -v b="$before" -v a="$after" -v sb="$sw_before" -v sa="$sw_after" -v hz="$hz" -v n="$n" -v k="${#tests[@]}" -v c="$cfg" -v t="$t" \
+          'BEGIN {printf "%s|%s|%.2f|%.3f\n", c, t, (a-b)/hz*1e6/(k*n), (sa-sb)/(k*n)}' >>"$cpu"
       else
         echo "round $round: $cfg against $t gave no result (timeout or error)" >&2
       fi
@@ -233,7 +240,7 @@ cfgn() { echo "$1 -n $(nreq "$1")"; }
 echo
 [ -z "$predixy_note" ] || echo "$predixy_note"
 [ -z "$PREDIXY" ] || ! have predixy || echo "predixy: $PREDIXY"
-echo "redis-benchmark -t get,set, median of $rounds_done interleaved rounds (of ROUNDS=$ROUNDS), $(nproc) cores, redis $(redis-server --version | cut -d' ' -f3 | cut -d= -f2)"
+echo "redis-benchmark -t $TESTS, median of $rounds_done interleaved rounds (of ROUNDS=$ROUNDS), $(nproc) cores, redis $(redis-server --version | cut -d' ' -f3 | cut -d= -f2)"
 echo
 echo "requests per second (ratio to direct)"
 printf '%-40s %-4s' config test
@@ -241,7 +248,7 @@ for t in "${targets[@]}"; do printf ' %10s' "$(short "$t")"; done
 for t in "${others[@]}"; do printf ' %10s' "$(short "$t")/dir"; done
 echo
 for cfg in "${configs[@]}"; do
-  for test in SET GET; do
+  for test in "${tests[@]}"; do
     printf '%-40s %-4s' "$(cfgn "$cfg")" "$test"
     d=$(med "$results" "$cfg|$test|direct|" 4)
     for t in "${targets[@]}"; do v=$(med "$results" "$cfg|$test|$t|" 4); printf ' %10s' "${v:--}"; done
@@ -260,7 +267,7 @@ for t in "${targets[@]}"; do printf ' %15s' "$(short "$t") p50/p99"; done
 for t in "${others[@]}"; do printf ' %15s' "$(short "$t") +50/+99"; done
 echo
 for cfg in "${configs[@]}"; do
-  for test in SET GET; do
+  for test in "${tests[@]}"; do
     printf '%-40s %-4s' "$(cfgn "$cfg")" "$test"
     d50=$(med "$results" "$cfg|$test|direct|" 5); d99=$(med "$results" "$cfg|$test|direct|" 6)
     for t in "${targets[@]}"; do
@@ -290,5 +297,5 @@ per_target() {
     echo
   done
 }
-per_target "CPU µs per request of the target process (utime+stime / (SETs+GETs), $hz ticks/s; direct = redis-server)" 3
+per_target "CPU µs per request of the target process (utime+stime / requests, $hz ticks/s; direct = redis-server)" 3
 per_target "context switches per request of the target process (all threads; direct = redis-server)" 4
