@@ -13,7 +13,8 @@
 # Tables: requests/s and the ratio to direct; p50/p99 latency in µs (from
 # redis-benchmark --csv) and the µs each target adds over direct; CPU µs per
 # request of the target process (utime+stime from /proc/<pid>/stat around each
-# run, divided by the requests of the run; for direct that is redis-server itself); context
+# run, divided by the requests of the run; for direct that is redis-server itself),
+# and the part of it in user space (utime: the rest is the kernel's); context
 # switches per request of the target process (voluntary and involuntary, all
 # its threads, from /proc/<pid>/task/*/status).
 #
@@ -185,8 +186,8 @@ for t in direct "${targets[@]}"; do
   [ -n "$ok" ] || { echo "$t does not answer on ${port[$t]}:" >&2; cat "$dir"/*.log >&2 || true; exit 1; }
 done
 
-# utime+stime of a process (all its threads), in clock ticks.
-ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+# utime and stime of a process (all its threads), in clock ticks.
+ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12, $13}'; }
 hz=$(getconf CLK_TCK)
 # Context switches of a process so far, all its threads, voluntary or not
 # (each is a thread going to sleep or being put off the CPU).
@@ -201,7 +202,7 @@ nreq() {
   esac
 }
 results="$dir/results" # cfg|test|target|rps|p50_us|p99_us
-cpu="$dir/cpu"         # cfg|target|cpu_us_per_request|switches_per_request
+cpu="$dir/cpu"         # cfg|target|cpu_us_per_request|switches_per_request|user_us_per_request
 : >"$results"; : >"$cpu"
 rounds_done=0
 for round in $(seq "$ROUNDS"); do
@@ -210,17 +211,19 @@ for round in $(seq "$ROUNDS"); do
     for t in "${targets[@]}"; do
       [ "$(left)" -gt 1 ] || { echo "LIMIT=${LIMIT}s: no time left for more runs; tables from what ran" >&2; break 3; }
       lines=$(wc -l <"$results")
-      before=$(ticks "${pid[$t]}") sw_before=$(switches "${pid[$t]}")
+      read -r ub sb_ < <(ticks "${pid[$t]}")
+      sw_before=$(switches "${pid[$t]}")
       # shellcheck disable=SC2086 # $cfg is a list of flags
       timeout "$(cap 300)" redis-benchmark -p "${port[$t]}" -t "$TESTS" -n "$n" $cfg -q --csv 2>/dev/null >"$dir/run.csv" || true
-      after=$(ticks "${pid[$t]}") sw_after=$(switches "${pid[$t]}")
+      read -r ua sa_ < <(ticks "${pid[$t]}")
+      sw_after=$(switches "${pid[$t]}")
       # Columns by the CSV header ("test","rps",...,"p50_latency_ms",...,"p99_latency_ms",...).
       tr -d '"' <"$dir/run.csv" | awk -F, -v t="$t" -v c="$cfg" '
         $1=="test" {for (i=1;i<=NF;i++) col[$i]=i; next}
         ($1=="GET"||$1=="SET") && col["rps"] {printf "%s|%s|%s|%.0f|%.0f|%.0f\n", c, $1, t, $(col["rps"]), $(col["p50_latency_ms"])*1000, $(col["p99_latency_ms"])*1000}' >>"$results"
       if [ "$(wc -l <"$results")" -eq $((lines + ${#tests[@]})) ]; then
-        awk -v b="$before" -v a="$after" -v sb="$sw_before" -v sa="$sw_after" -v hz="$hz" -v n="$n" -v k="${#tests[@]}" -v c="$cfg" -v t="$t" \
-          'BEGIN {printf "%s|%s|%.2f|%.3f\n", c, t, (a-b)/hz*1e6/(k*n), (sa-sb)/(k*n)}' >>"$cpu"
+        awk -v ub="$ub" -v ua="$ua" -v b="$((ub + sb_))" -v a="$((ua + sa_))" -v sb="$sw_before" -v sa="$sw_after" -v hz="$hz" -v n="$n" -v k="${#tests[@]}" -v c="$cfg" -v t="$t" \
+          'BEGIN {printf "%s|%s|%.2f|%.3f|%.2f\n", c, t, (a-b)/hz*1e6/(k*n), (sa-sb)/(k*n), (ua-ub)/hz*1e6/(k*n)}' >>"$cpu"
       else
         echo "round $round: $cfg against $t gave no result (timeout or error)" >&2
       fi
@@ -298,4 +301,5 @@ per_target() {
   done
 }
 per_target "CPU µs per request of the target process (utime+stime / requests, $hz ticks/s; direct = redis-server)" 3
+per_target "of which in user space (utime / requests; the rest is the kernel's, mostly system calls)" 5
 per_target "context switches per request of the target process (all threads; direct = redis-server)" 4
