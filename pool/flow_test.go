@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -106,4 +110,127 @@ func queuedNow(c *Conn) int {
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
 	return c.queued.n
+}
+
+// once records a request's outcome and counts how often it was told.
+type once struct {
+	calls atomic.Int32
+	reply string
+	err   error
+	done  chan struct{}
+}
+
+func (o *once) Complete(reply []byte, err error) {
+	if o.calls.Add(1) == 1 {
+		o.reply, o.err = string(reply), err
+		close(o.done)
+	}
+}
+
+// TestBrokenConnectionsLoseNothing breaks a pool's connections at random
+// moments (CLIENT KILL from the side, and Break) while clients pipeline
+// INCRs, each after a GET of a 64 KiB value (so replies take many reads and
+// a break often finds requests taken by the reader and not answered),
+// through tiny queues: every request is completed exactly once, with its
+// reply or a funnel error, none waits for ever, each whole value comes
+// whole, and each client's successful replies stay in its order (each
+// counter only rises).
+func TestBrokenConnectionsLoseNothing(t *testing.T) {
+	rs := redistest.Start(t)
+	p := newPool(t, "redis://"+rs.Addr, Options{Size: 2, QueueLen: 4, MaxInFlight: 8, Timeout: 5 * time.Second})
+	const clients, each = 6, 400
+	big := strings.Repeat("v", 64<<10)
+	if _, err := rs.Do("SET", "big", big); err != nil {
+		t.Fatal(err)
+	}
+	bigReply := fmt.Sprintf("$%d\r\n%s\r\n", len(big), big)
+	stop := make(chan struct{})
+	var killer sync.WaitGroup
+	killer.Go(func() {
+		rng := rand.New(rand.NewPCG(3, 4))
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Duration(rng.IntN(3000)) * time.Microsecond):
+			}
+			if rng.IntN(2) == 0 {
+				_, _ = rs.Do("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+			} else {
+				p.conns[rng.IntN(len(p.conns))].Break()
+			}
+		}
+	})
+	var wg sync.WaitGroup
+	var failed, succeeded atomic.Int64
+	errs := make(chan error, clients)
+	for g := range clients {
+		wg.Go(func() {
+			key := fmt.Sprintf("k%d", g)
+			incr := []byte(fmt.Sprintf("*2\r\n$4\r\nINCR\r\n$%d\r\n%s\r\n", len(key), key))
+			get := []byte("*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n")
+			// A client keeps to one connection, as funnel's sessions do
+			// while they have requests in flight.
+			c := p.conns[g%len(p.conns)]
+			outcomes := make([]*once, each)
+			for i := range outcomes {
+				outcomes[i] = &once{done: make(chan struct{})}
+				raw := incr
+				if i%2 == 0 {
+					raw = get
+				}
+				p.Submit(context.Background(), c, &Request{Raw: raw, Done: outcomes[i]})
+			}
+			last := int64(0)
+			for i, o := range outcomes {
+				select {
+				case <-o.done:
+				case <-time.After(20 * time.Second):
+					errs <- fmt.Errorf("client %d: request %d never completed", g, i)
+					return
+				}
+				if o.err != nil {
+					var pe *Error
+					if !errors.As(o.err, &pe) || !strings.HasPrefix(o.err.Error(), "funnel: ") {
+						errs <- fmt.Errorf("client %d, request %d: %v is not a funnel error", g, i, o.err)
+						return
+					}
+					failed.Add(1)
+					continue
+				}
+				succeeded.Add(1)
+				if i%2 == 0 {
+					if o.reply != bigReply {
+						errs <- fmt.Errorf("client %d, request %d: GET big gave %d bytes, want %d", g, i, len(o.reply), len(bigReply))
+						return
+					}
+					continue
+				}
+				n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimPrefix(o.reply, ":"), "\r\n"), 10, 64)
+				if err != nil || n <= last {
+					errs <- fmt.Errorf("client %d, request %d: reply %q after %d", g, i, o.reply, last)
+					return
+				}
+				last = n
+			}
+			// Told exactly once, also after the others were told.
+			for i, o := range outcomes {
+				if n := o.calls.Load(); n != 1 {
+					errs <- fmt.Errorf("client %d, request %d: completed %d times", g, i, n)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	killer.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if succeeded.Load() == 0 || failed.Load() == 0 {
+		t.Fatalf("%d succeeded and %d failed: the breaks must land while requests flow", succeeded.Load(), failed.Load())
+	}
+	t.Logf("%d succeeded, %d failed with a funnel error", succeeded.Load(), failed.Load())
 }
