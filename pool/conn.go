@@ -120,6 +120,13 @@ type Conn struct {
 	noDeadline  bool // a request without a reply deadline is outstanding
 	nc          net.Conn
 
+	// progressAt is when c last made progress (unix nanos): when its
+	// outstanding requests rose from none, or replies last came. replyGap is
+	// the usual time between the two, smoothed. Together they tell Pick
+	// that c is stalled (see stalled).
+	progressAt atomic.Int64
+	replyGap   atomic.Int64
+
 	// writerWaits is set while the writer waits for replies because
 	// MaxInFlight requests are outstanding; the reader then puts a token in
 	// repliesRead.

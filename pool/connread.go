@@ -116,6 +116,9 @@ func (c *Conn) takeWritten() line {
 // time of the read that brought their replies.
 func (c *Conn) replied(n int, now time.Time) {
 	c.mu.Lock()
+	at := now.UnixNano()
+	gap := at - c.progressAt.Swap(at)
+	c.replyGap.Add((gap - c.replyGap.Load()) / 8)
 	left := c.outstanding.Add(-int64(n))
 	switch {
 	case left == 0:
@@ -134,4 +137,26 @@ func (c *Conn) replied(n int, now time.Time) {
 		default:
 		}
 	}
+}
+
+// stallFloor and stallFactor decide when a busy connection is stalled: no
+// reply for stallFactor times its usual gap between replies, and for at
+// least stallFloor. The floor keeps the jitter of a fast local upstream from
+// counting as a stall; the factor scales it to a remote upstream's round
+// trip.
+const (
+	stallFloor  = 2 * time.Millisecond
+	stallFactor = 4
+)
+
+// stalled reports whether c has requests outstanding and has had no reply
+// for a while, now being unix nanos: a slow command (a long script, KEYS),
+// or a large reply still coming, holds what is queued behind it, and Pick
+// sends clients elsewhere.
+func (c *Conn) stalled(now int64) bool {
+	if c.outstanding.Load() == 0 {
+		return false
+	}
+	limit := max(int64(stallFloor), stallFactor*c.replyGap.Load())
+	return now-c.progressAt.Load() > limit
 }

@@ -150,6 +150,9 @@ func (c *Conn) handOver(written *line, now time.Time) {
 	if c.nc != nil {
 		c.armDeadline(longest, forever, now)
 	}
+	if c.outstanding.Load() == 0 {
+		c.progressAt.Store(now.UnixNano()) // busy from now
+	}
 	c.outstanding.Add(int64(written.n))
 	c.written.add(written.take())
 }

@@ -145,19 +145,32 @@ func (p *Pool) Upstream() Upstream { return p.upstream }
 // pipelineDepth is how many requests Pick lets pile up on one connection
 // before it spreads load to another. Concentrating concurrent requests on
 // few connections is what makes auto-pipelining pay: one write and one read
-// carry many clients' commands, which saves system calls here and packets
-// on the way to a remote upstream.
-const pipelineDepth = 32
+// carry many clients' commands, which saves system calls here and in the
+// upstream, and packets on the way to a remote one. What bounds the harm of
+// a slow command to the clients queued behind it is not this count but the
+// stall rule (see Conn.stalled): once a connection has had no reply for a
+// while, no new client is sent to it.
+const pipelineDepth = 512
 
 // Pick chooses a connection for a client with nothing in flight: the first
-// live connection with fewer than pipelineDepth requests on it, else a fresh
-// slot while the pool is still growing, else the least loaded live one.
+// live connection that is not stalled and has fewer than pipelineDepth
+// requests on it, else a fresh slot while the pool is still growing, else
+// the least loaded live one that is not stalled, else the least loaded.
 func (p *Pool) Pick() *Conn {
 	var least, fresh, fallback *Conn
+	var now int64 // read once, when a busy connection is looked at
 	for _, c := range p.conns {
 		load := c.Load()
 		switch c.state.Load() {
 		case stateUp:
+			if c.outstanding.Load() > 0 {
+				if now == 0 {
+					now = time.Now().UnixNano()
+				}
+				if c.stalled(now) {
+					break
+				}
+			}
 			if load < pipelineDepth {
 				return c
 			}
@@ -183,7 +196,7 @@ func (p *Pool) Pick() *Conn {
 	case least != nil:
 		return least
 	default:
-		return fallback // dialing, or every slot backing off: it answers fast
+		return fallback // dialing, stalled, or every slot backing off: it answers fast
 	}
 }
 

@@ -205,3 +205,64 @@ func TestCompletedRequestBytesAreFree(t *testing.T) {
 		}
 	}
 }
+
+// TestPickAvoidsStalledConnection: a connection whose requests have had no
+// reply for a while (here a BLPOP that blocks it) gets no new client, even
+// with few requests on it; once it is answered it gets them again.
+func TestPickAvoidsStalledConnection(t *testing.T) {
+	rs := redistest.Start(t)
+	p := newPool(t, "redis://"+rs.Addr, Options{Size: 2})
+	if _, err := do(t, p, "*1\r\n$4\r\nPING\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	busy := p.Pick()
+	blpop := newResult()
+	p.Submit(context.Background(), busy, &Request{Raw: []byte("*3\r\n$5\r\nBLPOP\r\n$1\r\nq\r\n$1\r\n0\r\n"), Timeout: NoTimeout, Done: blpop})
+	deadline := time.Now().Add(5 * time.Second)
+	for busy.outstanding.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the BLPOP was never written")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(5 * stallFloor)
+	if !busy.stalled(time.Now().UnixNano()) {
+		t.Fatal("a connection blocked in BLPOP for 5 stall floors is not stalled")
+	}
+	if got := p.Pick(); got == busy {
+		t.Fatal("Pick chose the stalled connection with another slot free")
+	}
+	if _, err := rs.Do("RPUSH", "q", "x"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := blpop.wait(t); err != nil {
+		t.Fatal(err)
+	}
+	if busy.stalled(time.Now().UnixNano()) {
+		t.Fatal("an answered connection still counts as stalled")
+	}
+	if got := p.Pick(); got != busy {
+		t.Fatal("Pick did not go back to the first connection once it was answered")
+	}
+}
+
+// TestStallScalesWithReplyGap: a connection whose replies usually come far
+// apart (a remote upstream) is not called stalled after the floor alone.
+func TestStallScalesWithReplyGap(t *testing.T) {
+	c := newConn(nil, SharedLane, 1)
+	now := time.Now().UnixNano()
+	c.outstanding.Store(1)
+	c.progressAt.Store(now - int64(10*stallFloor))
+	if !c.stalled(now) {
+		t.Fatal("no reply for 10 floors with no usual gap: not stalled")
+	}
+	c.replyGap.Store(int64(5 * stallFloor)) // replies come every 5 floors
+	if c.stalled(now) {
+		t.Fatal("no reply for 2 usual gaps counted as a stall")
+	}
+	c.outstanding.Store(0)
+	c.replyGap.Store(0)
+	if c.stalled(now) {
+		t.Fatal("a connection with nothing outstanding counted as stalled")
+	}
+}
