@@ -551,12 +551,7 @@ func TestStreamingClientsCannotStarveOthers(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
+				for !stopped(stop) {
 					if _, err := c.Write(chunk); err != nil {
 						return
 					}
