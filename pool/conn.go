@@ -177,8 +177,8 @@ func (c *Conn) usable() bool {
 func (c *Conn) Submit(ctx context.Context, r *Request) {
 	c.load.Add(1)
 	for {
-		room := c.enqueue(r, true)
-		if room == nil {
+		queued, room := c.enqueue(r, true)
+		if queued {
 			return
 		}
 		select {
@@ -197,31 +197,23 @@ func (c *Conn) Submit(ctx context.Context, r *Request) {
 // if not, r is left alone.
 func (c *Conn) TrySubmit(r *Request) bool {
 	c.load.Add(1)
-	if c.enqueue(r, false) != nil {
+	if queued, _ := c.enqueue(r, false); !queued {
 		c.load.Add(-1)
 		return false
 	}
 	return true
 }
 
-// noRoom is what enqueue returns when the queue is full and the caller does
-// not wait.
-var noRoom = make(chan struct{})
-
-// enqueue adds r to the queue and returns nil, or, when the queue is full,
-// returns a channel closed once there may be room: a fresh one if wait is
-// set, else noRoom.
-func (c *Conn) enqueue(r *Request, wait bool) <-chan struct{} {
+// enqueue adds r to the queue if it has room, and reports whether it did.
+// If not, and wait is set, room is closed once there may be room.
+func (c *Conn) enqueue(r *Request, wait bool) (queued bool, room <-chan struct{}) {
 	c.qmu.Lock()
 	if c.queued.n >= c.queueLen {
 		defer c.qmu.Unlock()
-		if !wait {
-			return noRoom
-		}
-		if c.roomMade == nil {
+		if wait && c.roomMade == nil {
 			c.roomMade = make(chan struct{})
 		}
-		return c.roomMade
+		return false, c.roomMade
 	}
 	c.queued.push(r)
 	wasEmpty := c.queued.n == 1
@@ -233,7 +225,7 @@ func (c *Conn) enqueue(r *Request, wait bool) <-chan struct{} {
 		default:
 		}
 	}
-	return nil
+	return true, nil
 }
 
 // takeQueued takes every queued request, in order, and lets waiting

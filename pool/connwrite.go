@@ -57,11 +57,11 @@ func (c *Conn) writeLoop(nc net.Conn, first *Request, broken <-chan struct{}) (e
 					// Let the reader catch up before writing more.
 					c.handOver(&written, now)
 					if err := bw.Flush(); err != nil {
-						todo.prepend(single(r))
+						todo.pushFront(r)
 						return err
 					}
 					if !c.awaitReplies(broken) {
-						todo.prepend(single(r))
+						todo.pushFront(r)
 						return errors.New("connection broke")
 					}
 					now = time.Now()
@@ -86,13 +86,6 @@ func (c *Conn) writeLoop(nc net.Conn, first *Request, broken <-chan struct{}) (e
 			return err
 		}
 	}
-}
-
-// single is a line of r alone.
-func single(r *Request) line {
-	var l line
-	l.push(r)
-	return l
 }
 
 // write adds r to the written line and writes it into bw. The line goes to

@@ -21,6 +21,16 @@ func (l *line) push(r *Request) {
 	l.n++
 }
 
+// pushFront adds r at the front.
+func (l *line) pushFront(r *Request) {
+	r.lineNext = l.head
+	l.head = r
+	if l.tail == nil {
+		l.tail = r
+	}
+	l.n++
+}
+
 // pop takes the first request off, or returns nil when l is empty.
 func (l *line) pop() *Request {
 	r := l.head

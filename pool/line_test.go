@@ -5,16 +5,16 @@ import (
 	"testing"
 )
 
-// TestLineMatchesSlice runs random sequences of line operations against a
-// slice that models them: every line keeps its requests, once each, in
-// order, and its count right.
+// TestLineMatchesSlice runs random sequences of line operations (push,
+// pushFront, pop, take, add, prepend) against a slice that models them:
+// every line keeps its requests, once each, in order, and its count right.
 func TestLineMatchesSlice(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for round := range 200 {
 		var a, b line
 		var ma, mb []*Request
 		for step := range 200 {
-			switch rng.IntN(6) {
+			switch rng.IntN(7) {
 			case 0, 1:
 				r := &Request{}
 				a.push(r)
@@ -36,6 +36,10 @@ func TestLineMatchesSlice(t *testing.T) {
 				ma, mb = append(mb, ma...), nil
 			case 5:
 				a, b, ma, mb = b, a, mb, ma
+			case 6: // a request put back at the front
+				r := &Request{}
+				a.pushFront(r)
+				ma = append([]*Request{r}, ma...)
 			}
 			check(t, a, ma)
 			check(t, b, mb)
