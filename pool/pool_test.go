@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"testing"
@@ -265,4 +266,84 @@ func TestStallScalesWithReplyGap(t *testing.T) {
 	if c.stalled(now) {
 		t.Fatal("a connection with nothing outstanding counted as stalled")
 	}
+}
+
+// TestPickFollowsItsRules checks Pick against its rules on random pools of
+// slots in every state, load, and stall: the first live connection that is
+// not stalled and under pipelineDepth; else the first fresh slot (idle, or
+// down and due for a redial); else the least loaded live one not stalled;
+// else the least loaded of all. Above all it never picks a stalled
+// connection while one that is not stalled could take the client.
+func TestPickFollowsItsRules(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	now := time.Now()
+	for round := range 20000 {
+		p := &Pool{}
+		for range 1 + rng.IntN(6) {
+			c := newConn(p, SharedLane, 1)
+			c.state.Store([]int32{stateIdle, stateDialing, stateUp, stateUp, stateDown}[rng.IntN(5)])
+			c.load.Store(int64([]int{0, 1, pipelineDepth - 1, pipelineDepth, 2 * pipelineDepth}[rng.IntN(5)]))
+			if rng.IntN(2) == 0 {
+				c.outstanding.Store(1 + rng.Int64N(5))
+				// A usual gap of 0-10 floors, and no reply for half or
+				// twice the stall limit: far from its edge, so the
+				// microseconds between Pick's clock and the check's do
+				// not matter.
+				gap := rng.Int64N(10 * int64(stallFloor))
+				c.replyGap.Store(gap)
+				limit := max(int64(stallFloor), stallFactor*gap)
+				c.progressAt.Store(now.UnixNano() - []int64{limit / 2, 2 * limit}[rng.IntN(2)])
+			}
+			c.retryAt = now.Add(time.Duration(rng.IntN(3)-1) * time.Second) // past, now-ish or future
+			p.conns = append(p.conns, c)
+		}
+		got := p.Pick()
+		// Pick reads the clock after now: a connection's stall can only
+		// have grown, so the rules are judged at Pick's own moment too.
+		at := time.Now().UnixNano()
+		want := expectedPick(p.conns, at)
+		if got != want {
+			for i, c := range p.conns {
+				t.Logf("slot %d: state %d load %d outstanding %d stalled %v", i, c.state.Load(), c.Load(), c.outstanding.Load(), c.stalled(at))
+			}
+			t.Fatalf("round %d: Pick chose slot %d, the rules say slot %d", round, index(p.conns, got), index(p.conns, want))
+		}
+	}
+}
+
+// expectedPick is Pick's rules written out plainly, judged at now.
+func expectedPick(conns []*Conn, now int64) *Conn {
+	live := func(c *Conn) bool { return c.state.Load() == stateUp && !c.stalled(now) }
+	for _, c := range conns {
+		if live(c) && c.Load() < pipelineDepth {
+			return c
+		}
+	}
+	for _, c := range conns {
+		if s := c.state.Load(); s == stateIdle || s == stateDown && c.usable() {
+			return c
+		}
+	}
+	least := func(ok func(*Conn) bool) *Conn {
+		var best *Conn
+		for _, c := range conns {
+			if ok(c) && (best == nil || c.Load() < best.Load()) {
+				best = c
+			}
+		}
+		return best
+	}
+	if c := least(live); c != nil {
+		return c
+	}
+	return least(func(*Conn) bool { return true })
+}
+
+func index(conns []*Conn, c *Conn) int {
+	for i, x := range conns {
+		if x == c {
+			return i
+		}
+	}
+	return -1
 }
