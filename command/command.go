@@ -280,3 +280,13 @@ func number() {
 // Count returns how many commands and subcommands the table has: every
 // Info's ID is below it.
 func Count() int { return count }
+
+// ByID returns what f says of every command and subcommand, indexed by ID:
+// a table a caller reads without hashing a name.
+func ByID[T any](f func(*Info) T) []T {
+	out := make([]T, count)
+	for _, info := range All() {
+		out[info.ID] = f(info)
+	}
+	return out
+}

@@ -169,10 +169,7 @@ func init() {
 		"client|getredir":     refused,
 		"client|trackinginfo": refused,
 	}
-	specByID = make([]*routeSpec, command.Count())
-	for _, info := range command.All() {
-		specByID[info.ID] = specOf(info.Name)
-	}
+	specByID = command.ByID(func(info *command.Info) *routeSpec { return specOf(info.Name) })
 }
 
 // specOf returns the table's row for the command name.

@@ -118,13 +118,7 @@ var keepsTTL = map[string]bool{
 func commandKeepsTTL(name string) bool { return keepsTTL[name] }
 
 // keepsTTLByID is keepsTTL by command ID, for the request path.
-var keepsTTLByID = func() []bool {
-	keeps := make([]bool, command.Count())
-	for _, info := range command.All() {
-		keeps[info.ID] = keepsTTL[info.Name]
-	}
-	return keeps
-}()
+var keepsTTLByID = command.ByID(func(info *command.Info) bool { return keepsTTL[info.Name] })
 
 // keepsTTLOf is commandKeepsTTL for a known command.
 func keepsTTLOf(info *command.Info) bool { return keepsTTLByID[info.ID] }
