@@ -89,7 +89,8 @@ type Conn struct {
 	// wake holds a token once a request comes to an empty queue, for the
 	// slot's goroutine (run or the writer) waiting for work.
 	wake chan struct{}
-	// load counts requests submitted and not yet completed.
+	// load is the weight of the requests submitted and not yet completed
+	// (see Request.weigh).
 	load atomic.Int64
 	// enqueued counts requests queued, raised after each one is in the
 	// queue (see Enqueued).
@@ -145,7 +146,9 @@ func newConn(p *Pool, role Role, queueLen int) *Conn {
 	return c
 }
 
-// Load returns the number of requests submitted to c and not yet completed.
+// Load returns the weight of the requests submitted to c and not yet
+// completed: requestWeight for each command, plus the bytes each sends and
+// is expected to bring back.
 func (c *Conn) Load() int64 { return c.load.Load() }
 
 // Enqueued counts the requests queued on c so far. It rises only once a
@@ -175,7 +178,7 @@ func (c *Conn) usable() bool {
 // then waits until there is room, ctx ends or the pool closes; in those two
 // cases r is completed with an error. Either way r.Done hears exactly once.
 func (c *Conn) Submit(ctx context.Context, r *Request) {
-	c.load.Add(1)
+	c.load.Add(r.weigh())
 	for {
 		queued, room := c.enqueue(r, true)
 		if queued {
@@ -196,9 +199,9 @@ func (c *Conn) Submit(ctx context.Context, r *Request) {
 // TrySubmit queues r on c if there is room now, and reports whether it did;
 // if not, r is left alone.
 func (c *Conn) TrySubmit(r *Request) bool {
-	c.load.Add(1)
+	c.load.Add(r.weigh())
 	if queued, _ := c.enqueue(r, false); !queued {
-		c.load.Add(-1)
+		c.load.Add(-r.weight)
 		return false
 	}
 	return true
@@ -286,7 +289,7 @@ func (c *Conn) Break() {
 }
 
 func (c *Conn) complete(r *Request, reply []byte, err error) {
-	c.counted(err)
+	c.counted(r, err)
 	r.Done.Complete(reply, err)
 }
 
@@ -298,13 +301,13 @@ func (c *Conn) completeBatched(r *Request, reply []byte, batch *Batch) {
 		c.complete(r, reply, nil)
 		return
 	}
-	c.counted(nil)
+	c.counted(r, nil)
 	bc.CompleteBatched(reply, nil, batch)
 }
 
-// counted records a request's end in c's load and the error metrics.
-func (c *Conn) counted(err error) {
-	c.load.Add(-1)
+// counted records the end of r in c's load and the error metrics.
+func (c *Conn) counted(r *Request, err error) {
+	c.load.Add(-r.weight)
 	if err != nil && !errors.Is(err, ErrCancelled) {
 		var pe *Error
 		kind := Lost

@@ -54,6 +54,7 @@ func TestTinyBoundsKeepOrder(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
+	requireUnloaded(t, p)
 }
 
 // TestFullQueueWaits fills a connection: a BLPOP that blocks holds its one
@@ -66,10 +67,12 @@ func TestFullQueueWaits(t *testing.T) {
 	p := newPool(t, "redis://"+rs.Addr, Options{Size: 1, QueueLen: 1, MaxInFlight: 1})
 	c := p.conns[0]
 	blpop, second, third := newResult(), newResult(), newResult()
-	p.Submit(context.Background(), c, &Request{Raw: []byte("*3\r\n$5\r\nBLPOP\r\n$1\r\nq\r\n$1\r\n0\r\n"), Timeout: NoTimeout, Done: blpop})
-	p.Submit(context.Background(), c, &Request{Raw: []byte("*2\r\n$4\r\nINCR\r\n$1\r\na\r\n"), Done: second})
+	first := &Request{Raw: []byte("*3\r\n$5\r\nBLPOP\r\n$1\r\nq\r\n$1\r\n0\r\n"), Timeout: NoTimeout, Done: blpop}
+	next := &Request{Raw: []byte("*2\r\n$4\r\nINCR\r\n$1\r\na\r\n"), Done: second}
+	p.Submit(context.Background(), c, first)
+	p.Submit(context.Background(), c, next)
 	deadline := time.Now().Add(10 * time.Second)
-	for c.Load() != 2 || queuedNow(c) != 0 { // the writer took the second
+	for c.Load() != first.weight+next.weight || queuedNow(c) != 0 { // the writer took the second
 		if time.Now().After(deadline) {
 			t.Fatal("the writer never took the second request")
 		}
@@ -103,6 +106,18 @@ func TestFullQueueWaits(t *testing.T) {
 	}
 	if got, _ := rs.DoRaw("GET", "a"); got != "$1\r\n2\r\n" {
 		t.Fatalf("GET a: %q, want 2 (the refused and cancelled requests must not run)", got)
+	}
+	requireUnloaded(t, p)
+}
+
+// requireUnloaded fails the test unless every request's weight left its
+// connection's load when it completed, on every path.
+func requireUnloaded(t *testing.T, p *Pool) {
+	t.Helper()
+	for i, c := range p.conns {
+		if n := c.Load(); n != 0 {
+			t.Errorf("slot %d: load %d with every request completed", i, n)
+		}
 	}
 }
 
@@ -179,7 +194,11 @@ func TestBrokenConnectionsLoseNothing(t *testing.T) {
 				if i%2 == 0 {
 					raw = get
 				}
-				p.Submit(context.Background(), c, &Request{Raw: raw, Done: outcomes[i]})
+				r := &Request{Raw: raw, Done: outcomes[i]}
+				if i%2 == 0 {
+					r.ReplySize = int64(len(bigReply))
+				}
+				p.Submit(context.Background(), c, r)
 			}
 			last := int64(0)
 			for i, o := range outcomes {
@@ -229,6 +248,7 @@ func TestBrokenConnectionsLoseNothing(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
+	requireUnloaded(t, p)
 	if succeeded.Load() == 0 || failed.Load() == 0 {
 		t.Fatalf("%d succeeded and %d failed: the breaks must land while requests flow", succeeded.Load(), failed.Load())
 	}

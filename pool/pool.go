@@ -142,20 +142,29 @@ func (p *Pool) Options() Options { return p.opts }
 // Upstream returns where the pool connects.
 func (p *Pool) Upstream() Upstream { return p.upstream }
 
-// pipelineDepth is how many requests Pick lets pile up on one connection
-// before it spreads load to another. Concentrating concurrent requests on
-// few connections is what makes auto-pipelining pay: one write and one read
-// carry many clients' commands, which saves system calls here and in the
-// upstream, and packets on the way to a remote one. What bounds the harm of
-// a slow command to the clients queued behind it is not this count but the
-// stall rule (see Conn.stalled): once a connection has had no reply for a
-// while, no new client is sent to it.
-const pipelineDepth = 512
+// requestWeight is what one command weighs on a connection beside its
+// bytes (see Request.weigh): a small command takes Redis and the network
+// about as long as moving 512 bytes more would.
+const requestWeight = 512
+
+// pipelineWeight is the load Pick lets pile up on one connection before it
+// spreads clients to another: some 450 small commands, or fewer whose
+// requests and expected replies come to 256 KiB. Concentrating concurrent
+// requests on few connections is what makes auto-pipelining pay: one write
+// and one read carry many clients' commands, which saves system calls here
+// and in the upstream, and packets on the way to a remote one. Counting
+// bytes keeps a new client from queueing behind one client's long transfer:
+// a pipeline of large values is worth little concentration, since its
+// bytes already fill each write and read. What bounds the harm of a slow
+// command to the clients queued behind it is the stall rule (see
+// Conn.stalled): once a connection has had no reply for a while, no new
+// client is sent to it.
+const pipelineWeight = 512 * requestWeight
 
 // Pick chooses a connection for a client with nothing in flight: the first
-// live connection that is not stalled and has fewer than pipelineDepth
-// requests on it, else a fresh slot while the pool is still growing, else
-// the least loaded live one that is not stalled, else the least loaded.
+// live connection that is not stalled and has less than pipelineWeight on
+// it, else a fresh slot while the pool is still growing, else the least
+// loaded live one that is not stalled, else the least loaded.
 func (p *Pool) Pick() *Conn {
 	var least, fresh, fallback *Conn
 	var now int64 // read once, when a busy connection is looked at
@@ -171,7 +180,7 @@ func (p *Pool) Pick() *Conn {
 					break
 				}
 			}
-			if load < pipelineDepth {
+			if load < pipelineWeight {
 				return c
 			}
 			if least == nil || load < least.Load() {

@@ -168,8 +168,8 @@ func TestPickConcentratesLoad(t *testing.T) {
 	if !first.Up() {
 		t.Fatal("Pick chose a fresh slot while a live connection was idle")
 	}
-	first.load.Add(pipelineDepth) // as if that many requests were in flight
-	defer first.load.Add(-pipelineDepth)
+	first.load.Add(pipelineWeight) // as if that many requests were in flight
+	defer first.load.Add(-pipelineWeight)
 	if p.Pick() == first {
 		t.Fatal("Pick did not spread load off a busy connection")
 	}
@@ -270,7 +270,7 @@ func TestStallScalesWithReplyGap(t *testing.T) {
 
 // TestPickFollowsItsRules checks Pick against its rules on random pools of
 // slots in every state, load, and stall: the first live connection that is
-// not stalled and under pipelineDepth; else the first fresh slot (idle, or
+// not stalled and under pipelineWeight; else the first fresh slot (idle, or
 // down and due for a redial); else the least loaded live one not stalled;
 // else the least loaded of all. Above all it never picks a stalled
 // connection while one that is not stalled could take the client.
@@ -282,7 +282,7 @@ func TestPickFollowsItsRules(t *testing.T) {
 		for range 1 + rng.IntN(6) {
 			c := newConn(p, SharedLane, 1)
 			c.state.Store([]int32{stateIdle, stateDialing, stateUp, stateUp, stateDown}[rng.IntN(5)])
-			c.load.Store(int64([]int{0, 1, pipelineDepth - 1, pipelineDepth, 2 * pipelineDepth}[rng.IntN(5)]))
+			c.load.Store(int64([]int{0, 1, pipelineWeight - 1, pipelineWeight, 2 * pipelineWeight}[rng.IntN(5)]))
 			if rng.IntN(2) == 0 {
 				c.outstanding.Store(1 + rng.Int64N(5))
 				// A usual gap of 0-10 floors, and no reply for half or
@@ -315,7 +315,7 @@ func TestPickFollowsItsRules(t *testing.T) {
 func expectedPick(conns []*Conn, now int64) *Conn {
 	live := func(c *Conn) bool { return c.state.Load() == stateUp && !c.stalled(now) }
 	for _, c := range conns {
-		if live(c) && c.Load() < pipelineDepth {
+		if live(c) && c.Load() < pipelineWeight {
 			return c
 		}
 	}

@@ -142,6 +142,13 @@ type Request struct {
 	// Duration, when set, observes the seconds from writing Raw to reading
 	// its last reply (funnel_upstream_duration_seconds).
 	Duration prometheus.Observer
+	// ReplySize is how many bytes the reply is expected to bring (its
+	// client's average), or 0 when not known. With Raw it weighs the request
+	// on its connection, so that Pick sends no new client behind a
+	// transfer of many bytes (see pipelineWeight).
+	ReplySize int64
+	// weight is what r adds to its connection's load until it completes.
+	weight int64
 	// writtenAt is when the writer wrote Raw, if Duration is set; the reader
 	// reads it only after sent is set.
 	writtenAt time.Time
@@ -163,6 +170,13 @@ func (r *Request) replies() int {
 		return 1
 	}
 	return r.Replies
+}
+
+// weigh sets what r weighs on a connection: requestWeight for each of its
+// commands, and the bytes it sends and is expected to bring back.
+func (r *Request) weigh() int64 {
+	r.weight = int64(r.replies())*requestWeight + int64(len(r.Raw)) + max(r.ReplySize, 0)
+	return r.weight
 }
 
 func (r *Request) cancelled() bool {

@@ -45,13 +45,14 @@ func (s *session) send(r *request) {
 
 // countUpstream marks r as going upstream as n commands, and counts them:
 // that is the bill. r reserves its client's average reply size in the
-// memory budget until its reply is in (see admitted).
+// memory budget until its reply is in (see admitted), and weighs that much
+// on its connection (see pool.Pick).
 func (s *session) countUpstream(r *request, n int) {
 	r.upstream = true
 	r.counters.Upstream(n)
 	r.Duration = r.counters.UpstreamDuration()
 	if avg := s.avgReply.Load(); avg > 0 {
-		r.reserved = avg
+		r.reserved, r.ReplySize = avg, avg
 		s.srv.mem.reserve(avg)
 	}
 }
