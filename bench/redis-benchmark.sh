@@ -202,7 +202,7 @@ nreq() {
   esac
 }
 results="$dir/results" # cfg|test|target|rps|p50_us|p99_us
-cpu="$dir/cpu"         # cfg|target|cpu_us_per_request|switches_per_request|user_us_per_request
+cpu="$dir/cpu"         # cfg|target|cpu_us_per_request|switches_per_request|user_us_per_request|bench_us|redis_us|chain_us|cores
 : >"$results"; : >"$cpu"
 rounds_done=0
 for round in $(seq "$ROUNDS"); do
@@ -212,18 +212,33 @@ for round in $(seq "$ROUNDS"); do
       [ "$(left)" -gt 1 ] || { echo "LIMIT=${LIMIT}s: no time left for more runs; tables from what ran" >&2; break 3; }
       lines=$(wc -l <"$results")
       read -r ub sb_ < <(ticks "${pid[$t]}")
+      read -r rub rsb < <(ticks "${pid[direct]}")
       sw_before=$(switches "${pid[$t]}")
+      t0=$(date +%s%N)
+      # The subshell's `times` (its second line: the CPU of the children it
+      # waited for) is the benchmark client's own CPU. Not in a pipeline,
+      # which would run it in a fork with no children.
       # shellcheck disable=SC2086 # $cfg is a list of flags
-      timeout "$(cap 300)" redis-benchmark -p "${port[$t]}" -t "$TESTS" -n "$n" $cfg -q --csv 2>/dev/null >"$dir/run.csv" || true
+      bench_cpu=$(
+        timeout "$(cap 300)" redis-benchmark -p "${port[$t]}" -t "$TESTS" -n "$n" $cfg -q --csv 2>/dev/null >"$dir/run.csv" || true
+        times
+      )
+      t1=$(date +%s%N)
       read -r ua sa_ < <(ticks "${pid[$t]}")
+      read -r rua rsa < <(ticks "${pid[direct]}")
       sw_after=$(switches "${pid[$t]}")
+      bench_s=$(awk 'NR==2 {for (i=1;i<=2;i++) {split($i, p, "m"); s += p[1]*60 + p[2]}} END {print s + 0}' <<<"$bench_cpu")
       # Columns by the CSV header ("test","rps",...,"p50_latency_ms",...,"p99_latency_ms",...).
       tr -d '"' <"$dir/run.csv" | awk -F, -v t="$t" -v c="$cfg" '
         $1=="test" {for (i=1;i<=NF;i++) col[$i]=i; next}
         ($1=="GET"||$1=="SET") && col["rps"] {printf "%s|%s|%s|%.0f|%.0f|%.0f\n", c, $1, t, $(col["rps"]), $(col["p50_latency_ms"])*1000, $(col["p99_latency_ms"])*1000}' >>"$results"
       if [ "$(wc -l <"$results")" -eq $((lines + ${#tests[@]})) ]; then
         awk -v ub="$ub" -v ua="$ua" -v b="$((ub + sb_))" -v a="$((ua + sa_))" -v sb="$sw_before" -v sa="$sw_after" -v hz="$hz" -v n="$n" -v k="${#tests[@]}" -v c="$cfg" -v t="$t" \
-          'BEGIN {printf "%s|%s|%.2f|%.3f|%.2f\n", c, t, (a-b)/hz*1e6/(k*n), (sa-sb)/(k*n), (ua-ub)/hz*1e6/(k*n)}' >>"$cpu"
+          -v rb="$((rub + rsb))" -v ra="$((rua + rsa))" -v bs="$bench_s" -v wall="$(((t1 - t0) / 1000))" -v direct="$([ "$t" = direct ] && echo 1 || echo 0)" \
+          'BEGIN {
+            req = k*n; target = (a-b)/hz; redis = direct ? 0 : (ra-rb)/hz; all = bs + target + redis
+            printf "%s|%s|%.2f|%.3f|%.2f|%.2f|%.2f|%.2f|%.2f\n", c, t, target*1e6/req, (sa-sb)/req, (ua-ub)/hz*1e6/req,
+              bs*1e6/req, redis*1e6/req, all*1e6/req, all/(wall/1e6)}' >>"$cpu"
       else
         echo "round $round: $cfg against $t gave no result (timeout or error)" >&2
       fi
@@ -303,3 +318,7 @@ per_target() {
 per_target "CPU µs per request of the target process (utime+stime / requests, $hz ticks/s; direct = redis-server)" 3
 per_target "of which in user space (utime / requests; the rest is the kernel's, mostly system calls)" 5
 per_target "context switches per request of the target process (all threads; direct = redis-server)" 4
+per_target "CPU µs per request of redis-benchmark itself (the client: times(1) of the run)" 6
+per_target "CPU µs per request of redis-server behind the proxy (direct: the target table's)" 7
+per_target "CPU µs per request of the whole chain: redis-benchmark + target + redis-server behind it" 8
+per_target "cores busy: the whole chain's CPU / the run's wall time (this machine has $(nproc); near it, a target's own CPU is what limits the rate)" 9

@@ -131,7 +131,17 @@ func (s *session) waitIdle() bool {
 	return s.awaitProgress(func() bool { return s.upInFlight.Load() == 0 }, nil)
 }
 
-// admitted reports whether the client may send one more request upstream
+// admission says whether a client may send one more request upstream now,
+// and if not, what it waits for.
+type admission uint8
+
+const (
+	admitted     admission = iota
+	overOwnShare           // its replies held and to come would pass its output limit: its own progress lets it in
+	overMemory             // funnel's memory budget has no room for its next reply: others' progress lets it in
+)
+
+// admission tells whether the client may send one more request upstream
 // now. Replies still to come count against the limits, at the client's
 // average reply size: against its output limit (one request beyond it is
 // let through, whose reply then closes a client that does not read), and
@@ -142,50 +152,77 @@ func (s *session) waitIdle() bool {
 // flight at a time. So a client that pipelines a thousand reads of a huge
 // value and never reads pulls little from the upstream, and other clients'
 // replies on the same connection are not held up behind gigabytes.
-func (s *session) admitted() bool {
+func (s *session) admission() admission {
 	inflight, held := s.upInFlight.Load(), s.pendingOut.Load()
 	if inflight == 0 && held == 0 {
-		return true
+		return admitted
 	}
 	avg := s.avgReply.Load()
 	switch {
 	case avg == 0:
-		return inflight == 0
+		if inflight == 0 {
+			return admitted
+		}
+		return overOwnShare
 	case held+inflight*avg > s.srv.live().outputLimit:
-		return false
+		return overOwnShare
+	case avg > s.srv.mem.limit:
+		// No room can ever fit its reply: like a client whose first reply
+		// is not in, it goes one request at a time, let in by its own
+		// progress once it holds nothing.
+		return overOwnShare
+	case !s.srv.mem.roomFor(avg):
+		return overMemory
 	}
-	return s.srv.mem.roomFor(avg)
+	return admitted
 }
 
 // awaitAdmission waits, on the resumer, until the client is admitted. A
-// client kept out by funnel's memory limit for memoryWait is closed: it
-// holds replies it does not read while others need the memory. It reports
-// false if the session died.
+// client over its own share waits for its own progress: its requests
+// completing, its replies written. One that waits for funnel's memory
+// stands in the budget's line, so that a free wakes only the clients the
+// room fits, in order, instead of every waiter. A client kept out for memoryWait is closed: it holds replies it
+// does not read while others need the memory. It reports false if the
+// session died.
 func (s *session) awaitAdmission() bool {
 	timer := time.NewTimer(memoryWait)
 	defer timer.Stop()
-	for !s.admitted() {
-		freed, done := s.srv.mem.freedChan()
+	defer s.waitingProgress.Store(false)
+	front := false // back in line at its front, if let in and beaten to the room
+	for {
+		why := s.admission()
+		if why == admitted {
+			return true
+		}
+		var roomMade <-chan struct{}
+		leave := func(used bool) {}
+		if why == overMemory {
+			roomMade, leave = s.srv.mem.awaitRoom(s.avgReply.Load(), front)
+		}
 		s.waitingProgress.Store(true)
-		if s.admitted() {
-			done()
-			break
+		if s.admission() == admitted { // progress came before the flag was seen
+			leave(true)
+			return true
 		}
 		select {
 		case <-s.progress:
-		case <-freed:
+			front = false
+		case <-roomMade:
+			front = true
 		case <-s.dead:
-			done()
+			leave(false)
 			return false
 		case <-timer.C:
-			done()
+			leave(false)
 			s.kill(closedMemory)
 			return false
 		}
-		done()
+		admittedNow := s.admission() == admitted
+		leave(admittedNow)
+		if admittedNow {
+			return true
+		}
 	}
-	s.waitingProgress.Store(false)
-	return true
 }
 
 func isQuit(name []byte) bool { return len(name) == 4 && equalFold(name, "quit") }

@@ -11,7 +11,7 @@ import (
 // an identical read in flight when it may be, else upstream, in the
 // client's order.
 func (s *session) forwardShared(r *request) {
-	if !s.admitted() {
+	if s.admission() != admitted {
 		s.offload(func() {
 			if !s.awaitAdmission() {
 				r.Complete(nil, errSessionClosed)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"container/list"
 	"errors"
 	"sync"
 	"sync/atomic"
@@ -25,8 +26,10 @@ type memoryBudget struct {
 	reserved atomic.Int64
 	waiting  atomic.Int32
 
-	mu    sync.Mutex
-	freed chan struct{} // closed when usage drops under the limit while someone waits
+	mu sync.Mutex
+	// admissions holds the clients whose next request waits for room, in
+	// the order they came (see awaitRoom).
+	admissions list.List // of *roomWaiter
 	// paused holds the clients whose reading waits for memory, each with
 	// the timer that ends its wait after memoryWait (pauseReading).
 	paused map[*session]*time.Timer
@@ -42,7 +45,7 @@ var errMemory = errors.New("funnel: memory limit reached (--max-memory) while wa
 var errMemoryFull = errors.New("funnel: at the memory limit")
 
 func newMemoryBudget(limit int64, m *metrics.Metrics) *memoryBudget {
-	return &memoryBudget{limit: limit, used: &m.Buffered, metrics: m, freed: make(chan struct{}), paused: map[*session]*time.Timer{}}
+	return &memoryBudget{limit: limit, used: &m.Buffered, metrics: m, paused: map[*session]*time.Timer{}}
 }
 
 // add records n more bytes held (fewer, for n < 0).
@@ -67,16 +70,27 @@ func (b *memoryBudget) roomFor(n int64) bool {
 	return b.used.Load()+b.reserved.Load()+n <= b.limit
 }
 
-// wake tells the waiters that memory was freed, and resumes the paused
-// readings once usage is under the limit.
+// wake lets in the clients waiting for room, first come first served, as
+// many as the room now left fits (each needs its client's average reply
+// size), and resumes the paused readings once usage is under the limit.
+// Waking only those that fit, in order, keeps a burst of frees from
+// waking every waiter for each of them.
 func (b *memoryBudget) wake() {
 	if b.waiting.Load() == 0 {
 		return
 	}
 	var resumed []*session
 	b.mu.Lock()
-	close(b.freed)
-	b.freed = make(chan struct{})
+	left := b.limit - b.used.Load() - b.reserved.Load()
+	for e := b.admissions.Front(); e != nil; e = b.admissions.Front() {
+		w := e.Value.(*roomWaiter)
+		if w.need > left {
+			break
+		}
+		left -= w.need
+		b.dequeue(w)
+		w.roomMade <- struct{}{}
+	}
 	if len(b.paused) > 0 && !b.full() {
 		for s, t := range b.paused {
 			t.Stop()
@@ -89,6 +103,55 @@ func (b *memoryBudget) wake() {
 	for _, s := range resumed {
 		s.sock.loop.post(loopTask{kind: resumeClient, s: s})
 	}
+}
+
+// roomWaiter is a client's place in the line for room (see awaitRoom).
+type roomWaiter struct {
+	need     int64
+	roomMade chan struct{} // gets a token when wake lets the client in
+	elem     *list.Element // its place in admissions; nil once out of it
+}
+
+// awaitRoom puts a client that needs need bytes of room in the line for
+// it: at the back, or at the front for one that was let in and found the
+// room taken again. roomMade gets a token when the client may try again.
+// The caller calls leave when done waiting, with used set if it takes the
+// room (it reserves it next). Otherwise leaving passes on any room it was
+// let in for (it was woken by something else as well, or is gone); and a
+// client that leaves while still in line (its own progress let it in)
+// may have held up those behind it. Either way the line is looked at
+// again, so no one waits for a free that already came.
+func (b *memoryBudget) awaitRoom(need int64, front bool) (roomMade <-chan struct{}, leave func(used bool)) {
+	w := &roomWaiter{need: need, roomMade: make(chan struct{}, 1)}
+	b.waiting.Add(1)
+	b.mu.Lock()
+	if front {
+		w.elem = b.admissions.PushFront(w)
+	} else {
+		w.elem = b.admissions.PushBack(w)
+	}
+	b.mu.Unlock()
+	if b.roomFor(need) { // freed before it was in line: nothing would wake it
+		b.wake()
+	}
+	return w.roomMade, func(used bool) {
+		b.mu.Lock()
+		inLine := w.elem != nil
+		if inLine {
+			b.dequeue(w)
+		}
+		b.mu.Unlock()
+		if inLine || !used {
+			b.wake()
+		}
+	}
+}
+
+// dequeue takes w out of the line; mu must be held.
+func (b *memoryBudget) dequeue(w *roomWaiter) {
+	b.admissions.Remove(w.elem)
+	w.elem = nil
+	b.waiting.Add(-1)
 }
 
 // pauseReading leaves s's reading paused until memory is freed (wake) or
@@ -125,16 +188,6 @@ func (b *memoryBudget) forget(s *session) bool {
 		b.waiting.Add(-1)
 	}
 	return ok
-}
-
-// freedChan returns a channel closed the next time memory is freed; the
-// caller counts as waiting until it calls done.
-func (b *memoryBudget) freedChan() (ch <-chan struct{}, done func()) {
-	b.waiting.Add(1)
-	b.mu.Lock()
-	ch = b.freed
-	b.mu.Unlock()
-	return ch, func() { b.waiting.Add(-1) }
 }
 
 // readerBudget is a session's reader's view of the budget (resp.Budget).

@@ -103,8 +103,9 @@ type session struct {
 	// answered. While it is above zero, new requests go to sticky, the
 	// connection they are on, so Redis runs them in the client's order.
 	upInFlight atomic.Int64
-	// progress is signalled when a request of the client's completes while
-	// waitingProgress is set (see awaitProgress).
+	// progress is signalled when a request of the client's completes, or a
+	// reply of its is written, while waitingProgress is set (see
+	// awaitProgress).
 	progress        chan struct{}
 	waitingProgress atomic.Bool
 	// avgReply is a moving average of this client's upstream reply sizes,
@@ -220,6 +221,7 @@ func (s *session) replySent(r *request, now time.Time) {
 	s.srv.latency[r.route].Observe(now.Sub(r.start).Seconds())
 	if r.err == nil {
 		s.pendingOut.Add(-int64(len(r.replyBytes())))
+		s.signalProgress() // its share has room again
 	}
 	switch r.pubsubKind {
 	case confirmsSubscription:
@@ -260,6 +262,12 @@ func (s *session) upstreamDone(r *request, n int) {
 			l.release()
 		}
 	}
+	s.signalProgress()
+}
+
+// signalProgress wakes the client's resumer if it waits for the client's
+// own progress (see awaitProgress and awaitAdmission).
+func (s *session) signalProgress() {
 	if s.waitingProgress.Load() {
 		select {
 		case s.progress <- struct{}{}:
