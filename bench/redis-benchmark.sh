@@ -16,7 +16,11 @@
 # run, divided by the requests of the run; for direct that is redis-server itself),
 # and the part of it in user space (utime: the rest is the kernel's); context
 # switches per request of the target process (voluntary and involuntary, all
-# its threads, from /proc/<pid>/task/*/status).
+# its threads, from /proc/<pid>/task/*/status); CPU µs per request of
+# redis-benchmark itself (the shell's `times` for the run) and of
+# redis-server behind a proxy, the whole chain's (benchmark + target +
+# redis-server), and the cores the chain kept busy (its CPU / the run's
+# wall time): near the machine's core count, the chain's CPU sets the rate.
 #
 #   make build && bench/redis-benchmark.sh          # ROUNDS=3 N=100000 N1=20000 N16=1000000
 #   ROUNDS=1 N=20000 N1=5000 N16=100000 bench/redis-benchmark.sh
