@@ -1,9 +1,9 @@
 package proxy
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,6 +11,7 @@ import (
 	"github.com/funnel-proxy/funnel/pool"
 	"github.com/funnel-proxy/funnel/resp"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // TestRoomGoesToWaitersInOrder: clients waiting for room in funnel's
@@ -92,63 +93,49 @@ func TestRoomGoesToWaitersInOrder(t *testing.T) {
 	}
 }
 
-// TestOwnShareWaitsOutOfMemoryLine: a client pipelines 300 reads of a
-// 64 KiB value with a 1 MiB output limit, so it keeps reaching its own
-// share and waits for its replies to come and be written. It waits for its
-// own progress, not for funnel's memory: it never stands in the memory
-// budget's line, where every reply any other client (a busy one here) is
-// written would wake it. It still gets every reply, in order.
+// TestOwnShareWaitsOutOfMemoryLine: a client whose average reply is 1 MiB
+// pipelines ten small reads with a 4 MiB output limit while a script
+// holds Redis busy: four go upstream, and the fifth waits on the client's
+// own share. It waits for the client's own progress, not in the memory
+// budget's line, where every reply written to any other client would wake
+// it. Once the script ends, every read is answered, in order.
 func TestOwnShareWaitsOutOfMemoryLine(t *testing.T) {
-	const valueSize, gets = 64 << 10, 300
-	f := startFunnel(t, Options{ClientOutputLimit: 1 << 20, DisableCoalesce: true}, pool.Options{})
-	if _, err := f.Redis.Do("SET", "big", strings.Repeat("v", valueSize)); err != nil {
+	const reads = 10
+	f, want := funnelWithBigValue(t, Options{ClientOutputLimit: 4 << 20, DisableCoalesce: true}, 1<<20)
+	if _, err := f.Redis.Do("SET", "small", "s"); err != nil {
 		t.Fatal(err)
 	}
-	want := len("$65536\r\n\r\n") + valueSize
-	stop, halt := stopSignal(t)
-	var sampled, inLine atomic.Int64
-	go func() {
-		for !stopped(stop) {
-			sampled.Add(1)
-			if f.Server.mem.waiting.Load() > 0 {
-				inLine.Add(1)
-			}
-			time.Sleep(50 * time.Microsecond)
-		}
-	}()
-	busyDone := make(chan error, 1)
-	go func() {
-		busy := dialRaw(t, f.Addr)
-		for !stopped(stop) {
-			if _, err := busy.tryDo(10*time.Second, "INCR", "n"); err != nil {
-				busyDone <- err
-				return
-			}
-		}
-		busyDone <- nil
-	}()
-
 	reader := dialRaw(t, f.Addr)
-	if got := reader.do("GET", "big"); len(got) != want { // its average reply size, learnt
-		t.Fatalf("GET big: %d bytes", len(got))
-	}
+	learnReplySize(t, reader, want)
+	sent := func() float64 { return testutil.ToFloat64(f.Metrics.UpstreamCommands.WithLabelValues("get")) }
+	before := sent()
+
+	// The script runs straight on Redis, so it holds every connection.
+	script := dialRaw(t, f.Redis.Addr)
+	script.send("EVAL", "local i = 0 while i < 50000000 do i = i + 1 end return 1", "0")
+	time.Sleep(50 * time.Millisecond) // running
 	var burst []byte
-	for range gets {
-		burst = resp.AppendCommand(burst, []byte("GET"), []byte("big"))
+	for range reads {
+		burst = resp.AppendCommand(burst, []byte("GET"), []byte("small"))
 	}
 	reader.write(burst)
-	for i := range gets {
-		got, err := reader.tryReply(10 * time.Second)
-		if err != nil || len(got) != want {
-			t.Fatalf("reply %d: %d bytes, %v", i, len(got), err)
+	waitUntil(t, 5*time.Second, "four reads sent upstream", func() bool { return sent() == before+4 })
+	for range 20 {
+		if n := f.Server.mem.waiting.Load(); n != 0 {
+			t.Fatalf("a client waiting on its own output limit stood in the memory budget's line (%d waiting)", n)
 		}
+		time.Sleep(time.Millisecond)
 	}
-	halt()
-	if err := <-busyDone; err != nil {
-		t.Fatalf("the busy client: %v", err)
+	if got := sent(); got != before+4 {
+		t.Fatalf("%v reads sent upstream while the share was full, want 4", got-before)
 	}
-	if n := inLine.Load(); n > 0 {
-		t.Fatalf("a client waiting on its own output limit stood in the memory budget's line in %d of %d samples", n, sampled.Load())
+	if got, err := script.tryReply(10 * time.Second); err != nil || got != ":1\r\n" {
+		t.Fatalf("the script: %q %v", got, err)
+	}
+	for i := range reads {
+		if got, err := reader.tryReply(10 * time.Second); err != nil || got != "$1\r\ns\r\n" {
+			t.Fatalf("read %d: %q %v", i, got, err)
+		}
 	}
 }
 
@@ -158,16 +145,10 @@ func TestOwnShareWaitsOutOfMemoryLine(t *testing.T) {
 // before is written. Pipelined, every one still comes, in order, well
 // before memoryWait would close the client.
 func TestReplyLargerThanMemoryLimit(t *testing.T) {
-	const valueSize, gets = 2 << 20, 4
-	f := startFunnel(t, Options{MaxMemory: 1 << 20, DisableCoalesce: true}, pool.Options{})
-	if _, err := f.Redis.Do("SET", "big", strings.Repeat("v", valueSize)); err != nil {
-		t.Fatal(err)
-	}
-	want := len("$2097152\r\n\r\n") + valueSize
+	const gets = 4
+	f, want := funnelWithBigValue(t, Options{MaxMemory: 1 << 20, DisableCoalesce: true}, 2<<20)
 	c := dialRaw(t, f.Addr)
-	if got := c.do("GET", "big"); len(got) != want { // its average reply size, learnt
-		t.Fatalf("GET big: %d bytes", len(got))
-	}
+	learnReplySize(t, c, want)
 	var burst []byte
 	for range gets {
 		burst = resp.AppendCommand(burst, []byte("GET"), []byte("big"))
@@ -185,5 +166,25 @@ func TestReplyLargerThanMemoryLimit(t *testing.T) {
 	}
 	if d := time.Since(start); d > memoryWait/2 {
 		t.Fatalf("%d pipelined GETs of a value larger than the memory limit took %v", gets, d)
+	}
+}
+
+// funnelWithBigValue starts funnel with opts and stores size bytes at
+// "big"; it returns funnel and the length of GET big's reply.
+func funnelWithBigValue(t *testing.T, opts Options, size int) (*funnel, int) {
+	t.Helper()
+	f := startFunnel(t, opts, pool.Options{})
+	if _, err := f.Redis.Do("SET", "big", strings.Repeat("v", size)); err != nil {
+		t.Fatal(err)
+	}
+	return f, len(fmt.Sprintf("$%d\r\n\r\n", size)) + size
+}
+
+// learnReplySize has c read "big" once, so funnel knows its client's
+// average reply size.
+func learnReplySize(t *testing.T, c *rawConn, want int) {
+	t.Helper()
+	if got := c.do("GET", "big"); len(got) != want {
+		t.Fatalf("GET big: %d bytes, want %d", len(got), want)
 	}
 }
