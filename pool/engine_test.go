@@ -22,11 +22,7 @@ func (cancelled) Cancelled() bool { return true }
 // TestCancelledRequestIsNotSent: a request its caller cancelled is failed
 // with ErrCancelled by the writer and never reaches the upstream.
 func TestCancelledRequestIsNotSent(t *testing.T) {
-	rs := redistest.Start(t)
-	p := newPool(t, "redis://"+rs.Addr, Options{Size: 1})
-	if _, err := do(t, p, "*1\r\n$4\r\nPING\r\n"); err != nil {
-		t.Fatal(err)
-	}
+	rs, p := upPool(t, Options{Size: 1})
 	r := cancelled{newResult()}
 	p.Submit(context.Background(), p.Pick(), &Request{Raw: []byte("*2\r\n$4\r\nINCR\r\n$1\r\nc\r\n"), Done: r})
 	if _, err := r.wait(t); err == nil || !strings.Contains(err.Error(), "cancelled") {
@@ -171,11 +167,7 @@ func TestPushConn(t *testing.T) {
 // than the timeout, a burst bigger than the write buffer (so bufio writes
 // on its own before Flush) still goes through.
 func TestWriteDeadlineRefreshedPerWrite(t *testing.T) {
-	rs := redistest.Start(t)
-	p := newPool(t, "redis://"+rs.Addr, Options{Size: 1, Timeout: 200 * time.Millisecond})
-	if _, err := do(t, p, "*1\r\n$4\r\nPING\r\n"); err != nil {
-		t.Fatal(err)
-	}
+	_, p := upPool(t, Options{Size: 1, Timeout: 200 * time.Millisecond})
 	time.Sleep(400 * time.Millisecond)
 	c := p.Pick()
 	value := strings.Repeat("v", 1024)

@@ -58,6 +58,18 @@ func newPool(t *testing.T, url string, opts Options) *Pool {
 	return p
 }
 
+// upPool starts a Redis and a pool for it whose first connection is up
+// (a PING went through it).
+func upPool(t *testing.T, opts Options) (*redistest.Server, *Pool) {
+	t.Helper()
+	rs := redistest.Start(t)
+	p := newPool(t, "redis://"+rs.Addr, opts)
+	if _, err := do(t, p, "*1\r\n$4\r\nPING\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	return rs, p
+}
+
 func do(t *testing.T, p *Pool, raw string) (string, error) {
 	t.Helper()
 	r := newResult()
@@ -143,11 +155,7 @@ func TestMultiReplyRequestDeliversLast(t *testing.T) {
 }
 
 func TestCloseFailsLaterRequests(t *testing.T) {
-	rs := redistest.Start(t)
-	p := newPool(t, "redis://"+rs.Addr, Options{Size: 2})
-	if _, err := do(t, p, "*1\r\n$4\r\nPING\r\n"); err != nil {
-		t.Fatal(err)
-	}
+	_, p := upPool(t, Options{Size: 2})
 	p.Close(context.Background())
 	p.Close(context.Background()) // idempotent
 	_, err := do(t, p, "*1\r\n$4\r\nPING\r\n")
@@ -159,11 +167,7 @@ func TestCloseFailsLaterRequests(t *testing.T) {
 // TestPickConcentratesLoad checks that light concurrent load shares one
 // connection (so it pipelines) and that heavy load spreads.
 func TestPickConcentratesLoad(t *testing.T) {
-	rs := redistest.Start(t)
-	p := newPool(t, "redis://"+rs.Addr, Options{Size: 4})
-	if _, err := do(t, p, "*1\r\n$4\r\nPING\r\n"); err != nil {
-		t.Fatal(err)
-	}
+	_, p := upPool(t, Options{Size: 4})
 	first := p.Pick()
 	if !first.Up() {
 		t.Fatal("Pick chose a fresh slot while a live connection was idle")
@@ -211,11 +215,7 @@ func TestCompletedRequestBytesAreFree(t *testing.T) {
 // reply for a while (here a BLPOP that blocks it) gets no new client, even
 // with few requests on it; once it is answered it gets them again.
 func TestPickAvoidsStalledConnection(t *testing.T) {
-	rs := redistest.Start(t)
-	p := newPool(t, "redis://"+rs.Addr, Options{Size: 2})
-	if _, err := do(t, p, "*1\r\n$4\r\nPING\r\n"); err != nil {
-		t.Fatal(err)
-	}
+	rs, p := upPool(t, Options{Size: 2})
 	busy := p.Pick()
 	blpop := newResult()
 	p.Submit(context.Background(), busy, &Request{Raw: []byte("*3\r\n$5\r\nBLPOP\r\n$1\r\nq\r\n$1\r\n0\r\n"), Timeout: NoTimeout, Done: blpop})

@@ -293,7 +293,7 @@ func TestAbsorbStaysTrueUnderFlood(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for !stopped(stop) {
+			for !isClosed(stop) {
 				if _, err := c.conn.Write(burst); err != nil {
 					t.Error(err)
 					return

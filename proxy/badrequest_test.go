@@ -132,7 +132,7 @@ func TestRejectedRequestsHurtNoOne(t *testing.T) {
 			for i := 0; i < 4; i++ {
 				burst = resp.AppendCommand(burst, []byte("GET"), []byte("k"))
 			}
-			for !stopped(stop) {
+			for !isClosed(stop) {
 				_ = c.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 				if _, err := c.conn.Write(burst); err != nil {
 					bad.Add(1)

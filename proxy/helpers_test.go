@@ -157,14 +157,3 @@ func short(s string) string {
 	}
 	return strings.ReplaceAll(s, "\r\n", "\\r\\n")
 }
-
-// stopped reports, without waiting, whether stop is closed: the condition of
-// a test goroutine that works until told to stop.
-func stopped(stop <-chan struct{}) bool {
-	select {
-	case <-stop:
-		return true
-	default:
-		return false
-	}
-}

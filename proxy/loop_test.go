@@ -551,7 +551,7 @@ func TestStreamingClientsCannotStarveOthers(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for !stopped(stop) {
+				for !isClosed(stop) {
 					if _, err := c.Write(chunk); err != nil {
 						return
 					}
