@@ -166,11 +166,6 @@ func (s *session) admission() admission {
 		return overOwnShare
 	case held+inflight*avg > s.srv.live().outputLimit:
 		return overOwnShare
-	case avg > s.srv.mem.limit:
-		// No room can ever fit its reply: like a client whose first reply
-		// is not in, it goes one request at a time, let in by its own
-		// progress once it holds nothing.
-		return overOwnShare
 	case !s.srv.mem.roomFor(avg):
 		return overMemory
 	}
@@ -180,8 +175,10 @@ func (s *session) admission() admission {
 // awaitAdmission waits, on the resumer, until the client is admitted. A
 // client over its own share waits for its own progress: its requests
 // completing, its replies written. One that waits for funnel's memory
-// stands in the budget's line, so that a free wakes only the clients the
-// room fits, in order, instead of every waiter. A client kept out for memoryWait is closed: it holds replies it
+// stands in the budget's line as well, so that a free wakes only the
+// clients the room fits instead of every waiter; its own progress still
+// lets it in once it holds nothing, even if its replies are larger than
+// the whole budget and no room ever fits one. A client kept out for memoryWait is closed: it holds replies it
 // does not read while others need the memory. It reports false if the
 // session died.
 func (s *session) awaitAdmission() bool {

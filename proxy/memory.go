@@ -3,6 +3,7 @@ package proxy
 import (
 	"container/list"
 	"errors"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,10 @@ type memoryBudget struct {
 	// admissions holds the clients whose next request waits for room, in
 	// the order they came (see awaitRoom).
 	admissions list.List // of *roomWaiter
+	// smallestNeed is at most the least need in admissions (less once the
+	// waiter that had it left): a wake with less room than that lets no
+	// one in, and does not look through the line.
+	smallestNeed int64
 	// paused holds the clients whose reading waits for memory, each with
 	// the timer that ends its wait after memoryWait (pauseReading).
 	paused map[*session]*time.Timer
@@ -70,26 +75,33 @@ func (b *memoryBudget) roomFor(n int64) bool {
 	return b.used.Load()+b.reserved.Load()+n <= b.limit
 }
 
-// wake lets in the clients waiting for room, first come first served, as
-// many as the room now left fits (each needs its client's average reply
-// size), and resumes the paused readings once usage is under the limit.
-// Waking only those that fit, in order, keeps a burst of frees from
-// waking every waiter for each of them.
+// wake lets in the clients waiting for room that the room now left fits,
+// in the order they came (each needs its client's average reply size), and
+// resumes the paused readings once usage is under the limit. One that needs
+// more than is left does not hold up those behind it that fit: a client
+// with huge replies waits for the room it needs, not everyone with it.
+// Waking only those that fit keeps a burst of frees from waking every
+// waiter for each of them.
 func (b *memoryBudget) wake() {
 	if b.waiting.Load() == 0 {
 		return
 	}
 	var resumed []*session
 	b.mu.Lock()
-	left := b.limit - b.used.Load() - b.reserved.Load()
-	for e := b.admissions.Front(); e != nil; e = b.admissions.Front() {
-		w := e.Value.(*roomWaiter)
-		if w.need > left {
-			break
+	if left := b.limit - b.used.Load() - b.reserved.Load(); b.admissions.Len() > 0 && left >= b.smallestNeed {
+		smallest := int64(math.MaxInt64)
+		for e := b.admissions.Front(); e != nil; {
+			w := e.Value.(*roomWaiter)
+			e = e.Next()
+			if w.need > left {
+				smallest = min(smallest, w.need)
+				continue
+			}
+			left -= w.need
+			b.dequeue(w)
+			w.roomMade <- struct{}{}
 		}
-		left -= w.need
-		b.dequeue(w)
-		w.roomMade <- struct{}{}
+		b.smallestNeed = smallest
 	}
 	if len(b.paused) > 0 && !b.full() {
 		for s, t := range b.paused {
@@ -117,14 +129,15 @@ type roomWaiter struct {
 // room taken again. roomMade gets a token when the client may try again.
 // The caller calls leave when done waiting, with used set if it takes the
 // room (it reserves it next). Otherwise leaving passes on any room it was
-// let in for (it was woken by something else as well, or is gone); and a
-// client that leaves while still in line (its own progress let it in)
-// may have held up those behind it. Either way the line is looked at
-// again, so no one waits for a free that already came.
+// let in for (it was woken by something else as well, or is gone), so no
+// one waits for a free that already came.
 func (b *memoryBudget) awaitRoom(need int64, front bool) (roomMade <-chan struct{}, leave func(used bool)) {
 	w := &roomWaiter{need: need, roomMade: make(chan struct{}, 1)}
 	b.waiting.Add(1)
 	b.mu.Lock()
+	if b.admissions.Len() == 0 || need < b.smallestNeed {
+		b.smallestNeed = need
+	}
 	if front {
 		w.elem = b.admissions.PushFront(w)
 	} else {
@@ -141,7 +154,7 @@ func (b *memoryBudget) awaitRoom(need int64, front bool) (roomMade <-chan struct
 			b.dequeue(w)
 		}
 		b.mu.Unlock()
-		if inLine || !used {
+		if !inLine && !used { // let in, and not taking the room
 			b.wake()
 		}
 	}

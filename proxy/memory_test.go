@@ -15,10 +15,10 @@ import (
 )
 
 // TestRoomGoesToWaitersInOrder: clients waiting for room in funnel's
-// memory budget are let in first come first served, only as many as the
+// memory budget are let in in the order they came, only as many as the
 // freed room fits; one put back at the front goes first; room a client was
-// let in for and did not use passes to the next; one that left is skipped,
-// and its leaving lets in those it held up.
+// let in for and did not use passes to the next; one that left is skipped;
+// one the room does not fit does not hold up one behind it that it fits.
 func TestRoomGoesToWaitersInOrder(t *testing.T) {
 	b := newMemoryBudget(100, metrics.New(prometheus.NewRegistry()))
 	b.add(100)
@@ -73,20 +73,16 @@ func TestRoomGoesToWaitersInOrder(t *testing.T) {
 		t.Fatalf("%d waiting after every waiter left", n)
 	}
 
-	// A waiter at the front that the room does not fit holds up those
-	// behind it; once it leaves another way (its own progress let it in),
-	// the next that fits is let in.
+	// A waiter the room does not fit does not hold up one behind it that
+	// it fits: a client with huge replies waits for its room alone.
 	b = newMemoryBudget(100, metrics.New(prometheus.NewRegistry()))
 	b.add(90)
-	_, leaveBig := b.awaitRoom(50, false)
+	big, leaveBig := b.awaitRoom(50, false)
 	small, leaveSmall := b.awaitRoom(10, false)
-	if len(small) != 0 {
-		t.Fatal("a waiter was let in ahead of the one in front of it")
+	if len(small) != 1 || len(big) != 0 {
+		t.Fatalf("let in: the one ahead needing 50 %v, the one behind needing 10 %v; want only the one behind (10 bytes left)", len(big) == 1, len(small) == 1)
 	}
-	leaveBig(true)
-	if len(small) != 1 {
-		t.Fatal("the waiter behind one that left was not let in")
-	}
+	leaveBig(false)
 	leaveSmall(true)
 	if n := b.waiting.Load(); n != 0 {
 		t.Fatalf("%d waiting after every waiter left", n)
@@ -186,5 +182,109 @@ func learnReplySize(t *testing.T, c *rawConn, want int) {
 	t.Helper()
 	if got := c.do("GET", "big"); len(got) != want {
 		t.Fatalf("GET big: %d bytes, want %d", len(got), want)
+	}
+}
+
+// TestRoomLineMatchesModel drives the memory budget's line with random
+// joins (at the back, or at the front as a client beaten to its room),
+// frees, growth, reservations and leavings, and checks after each step
+// that exactly the waiters a plain first-fit over the line in order lets
+// in were let in: each that the room left fits, none that it does not, and
+// none twice. It also checks the waiting count.
+func TestRoomLineMatchesModel(t *testing.T) {
+	const limit = 100
+	type waiter struct {
+		need     int64
+		roomMade <-chan struct{}
+		leave    func(used bool)
+	}
+	for seed := range uint64(300) {
+		rng := newRand(seed, 7)
+		b := newMemoryBudget(limit, metrics.New(prometheus.NewRegistry()))
+		var used, reserved int64
+		var line, letIn []*waiter // the model: in line, in order; let in, holding no room yet
+		// expect runs first-fit over the model's line, as a wake should.
+		expect := func() map[*waiter]bool {
+			want := map[*waiter]bool{}
+			left := limit - used - reserved
+			var kept []*waiter
+			for _, w := range line {
+				if w.need <= left {
+					left -= w.need
+					want[w] = true
+					letIn = append(letIn, w)
+				} else {
+					kept = append(kept, w)
+				}
+			}
+			line = kept
+			return want
+		}
+		for step := range 200 {
+			before := append([]*waiter(nil), line...)
+			want := map[*waiter]bool{}
+			switch op := rng.IntN(6); {
+			case op == 0 || op == 1 && len(line) == 0:
+				w := &waiter{need: 1 + rng.Int64N(60)}
+				front := rng.IntN(4) == 0
+				w.roomMade, w.leave = b.awaitRoom(w.need, front)
+				if front {
+					line = append([]*waiter{w}, line...)
+				} else {
+					line = append(line, w)
+				}
+				before = append([]*waiter(nil), line...)
+				if used+reserved+w.need <= limit {
+					want = expect()
+				}
+			case op == 1: // one in line gives up
+				i := rng.IntN(len(line))
+				line[i].leave(false)
+				line = append(line[:i:i], line[i+1:]...)
+				before = append([]*waiter(nil), line...)
+			case op == 2 && len(letIn) > 0: // one let in leaves, taking its room or not
+				i := rng.IntN(len(letIn))
+				w := letIn[i]
+				letIn = append(letIn[:i:i], letIn[i+1:]...)
+				if rng.IntN(2) == 0 {
+					b.reserve(w.need)
+					reserved += w.need
+					w.leave(true)
+				} else {
+					w.leave(false)
+					want = expect()
+				}
+			case op == 3 && used > 0: // replies written, requests released
+				n := 1 + rng.Int64N(used)
+				used -= n
+				b.add(-n)
+				if used <= limit {
+					want = expect()
+				}
+			case op == 4 && reserved > 0: // replies came in
+				n := 1 + rng.Int64N(reserved)
+				reserved -= n
+				b.reserve(-n)
+				want = expect()
+			default: // more held
+				n := rng.Int64N(40)
+				used += n
+				b.add(n)
+			}
+			for _, w := range before {
+				if got := len(w.roomMade) == 1; got != want[w] {
+					t.Fatalf("seed %d step %d: a waiter needing %d with %d held and %d reserved: let in %v, want %v",
+						seed, step, w.need, used, reserved, got, want[w])
+				}
+			}
+			for _, w := range letIn {
+				if want[w] {
+					<-w.roomMade // taken, so a second token would show
+				}
+			}
+			if n := b.waiting.Load(); int(n) != len(line) {
+				t.Fatalf("seed %d step %d: %d waiting, %d in line", seed, step, n, len(line))
+			}
+		}
 	}
 }
